@@ -1,0 +1,135 @@
+"""The ``napari-inkdetect`` command line.
+
+Every subcommand turns the package's own errors into one line on stderr and exit status 1;
+a traceback reaching the user is a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from napari_inkdetect.errors import InkDetectError
+
+EXIT_INPUT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of ``python -m napari_inkdetect``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except InkDetectError as exc:
+        print(f"napari-inkdetect: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("napari-inkdetect: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-inkdetect", description="Find ink in Herculaneum scroll segments."
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add(sub, "sample", "write the synthetic crackle segment in a real segment's layout", _sample)
+    _add(sub, "info", "describe a surface volume (layout, shape, dtype, voxel size)", _info)
+    _add(sub, "view", "open napari with a segment (default: the sample) and the plugin", _view)
+    _add(sub, "models", "list the model architectures with parameters and FLOPs", _models)
+    return parser
+
+
+def _add(sub, name: str, help_text: str, run: Callable) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.set_defaults(run=run)
+    if name == "sample":
+        p.add_argument("out_dir", type=Path, help="folder to write <id>/layers/NN.tif etc. into")
+        p.add_argument("--id", default="synthetic", help="segment id (folder and file prefix)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--shape", default="48,512,768", help="Z,Y,X (default 48,512,768)")
+    elif name in ("info", "view"):
+        p.add_argument("segment", nargs="?" if name == "view" else None, type=Path)
+        p.add_argument("--reverse", action="store_true", help="flip the depth order")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from napari_inkdetect.synthetic import make_segment, write_segment
+
+    shape = _parse_shape(args.shape)
+    folder = write_segment(make_segment(shape=shape, seed=args.seed), args.out_dir, args.id)
+    print(folder)
+    return 0
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    from napari_inkdetect.errors import ConfigError
+
+    try:
+        z, y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--shape {text!r}: expected three integers Z,Y,X") from None
+    if min(z, y, x) < 1:
+        raise ConfigError(f"--shape {text!r}: sizes must be positive")
+    return z, y, x
+
+
+def _info(args: argparse.Namespace) -> int:
+    from napari_inkdetect.io.segment import open_segment
+
+    seg = open_segment(args.segment, reverse=args.reverse)
+    nz, ny, nx = seg.shape
+    print(f"segment   {seg.segment_id} ({seg.layout}) at {seg.path}")
+    print(
+        f"volume    {nz} layers x {ny} x {nx} px, {seg.dtype}, {seg.volume.nbytes / 2**30:.2f} GiB"
+    )
+    voxel = f"{seg.voxel_size_um} um" if seg.voxel_size_um else "unknown"
+    print(f"voxel     {voxel}{'  (depth reversed)' if seg.reversed else ''}")
+    print(f"mask      {seg.mask_path or '-'}")
+    print(f"labels    {seg.inklabels_path or '-'}")
+    for name, path in seg.other_labels.items():
+        print(f"          {name}: {path}")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    import napari
+
+    from napari_inkdetect._napari_layers import segment_layers
+    from napari_inkdetect.io.segment import open_segment
+    from napari_inkdetect.sample import sample_segment_path
+
+    path = args.segment or sample_segment_path()
+    viewer = napari.Viewer(title=f"napari-inkdetect: {Path(path).name}")
+    _add_layers(viewer, segment_layers(open_segment(path, reverse=args.reverse)))
+    napari.run()
+    return 0
+
+
+def _add_layers(viewer, layers) -> None:
+    for data, kwargs, kind in layers:
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from napari_inkdetect.models.registry import model_table
+
+    print(model_table())
+    return 0
+
+
+def _version() -> str:
+    from napari_inkdetect import __version__
+
+    return f"napari-inkdetect {__version__}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

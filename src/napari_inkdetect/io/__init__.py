@@ -1,0 +1,1 @@
+"""Reading and writing what users have on disk: surface volumes, masks and labels."""

@@ -1,0 +1,67 @@
+"""Shared fixtures: small real segments written to tmp dirs in every layout users have."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+# Keep the sample segment and pyramid caches out of the user's home during tests.
+os.environ.setdefault("NAPARI_INKDETECT_CACHE", tempfile.mkdtemp(prefix="inkdetect-test-cache-"))
+
+
+def random_volume(shape=(6, 96, 128), dtype=np.uint16, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, np.iinfo(dtype).max, shape, dtype=dtype)
+
+
+def write_layers(folder: Path, volume: np.ndarray, digits: int = 2, **kwargs) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for z, plane in enumerate(volume):
+        f = folder / f"{z:0{digits}d}.tif"
+        tifffile.imwrite(f, plane, **kwargs)
+        files.append(f)
+    return files
+
+
+def write_png(path: Path, data: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(data, np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def volume() -> np.ndarray:
+    return random_volume()
+
+
+@pytest.fixture
+def scroll_segment(tmp_path, volume) -> Path:
+    """``<id>/layers/NN.tif`` + ``<id>_mask.png`` + binary ``<id>_inklabels.png``."""
+    folder = tmp_path / "20230702185753"
+    write_layers(folder / "layers", volume)
+    mask = np.zeros(volume.shape[1:], np.uint8)
+    mask[8:-8, 8:-8] = 255
+    ink = np.zeros(volume.shape[1:], np.uint8)
+    ink[20:40, 30:60] = 255
+    write_png(folder / f"{folder.name}_mask.png", mask)
+    write_png(folder / f"{folder.name}_inklabels.png", ink)
+    return folder
+
+
+@pytest.fixture
+def fragment(tmp_path, volume) -> Path:
+    """Kaggle layout: ``surface_volume/NN.tif``, ``mask.png``, ``inklabels.png``."""
+    folder = tmp_path / "train" / "1"
+    write_layers(folder / "surface_volume", volume)
+    write_png(folder / "mask.png", np.full(volume.shape[1:], 255))
+    ink = np.zeros(volume.shape[1:], np.uint8)
+    ink[10:20, 10:20] = 255
+    write_png(folder / "inklabels.png", ink)
+    return folder

@@ -1,0 +1,121 @@
+"""Label files: sparse 0/1/2, Kaggle binary, the villa pair; round trips and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import write_png
+from PIL import Image
+
+from napari_inkdetect.errors import CorruptFileError, LabelsError
+from napari_inkdetect.io.labels import (
+    INK,
+    NOT_INK,
+    VillaPaths,
+    label_counts,
+    read_labels,
+    read_villa_labels,
+    write_labels,
+    write_villa_labels,
+)
+
+
+@pytest.fixture
+def sparse() -> np.ndarray:
+    labels = np.zeros((40, 60), np.uint8)
+    labels[5:15, 5:25] = INK
+    labels[20:30, 30:55] = NOT_INK
+    return labels
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_sparse_round_trip(tmp_path, sparse, suffix):
+    path = write_labels(tmp_path / f"labels{suffix}", sparse)
+    np.testing.assert_array_equal(read_labels(path), sparse)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_kaggle_binary_uses_mask(tmp_path):
+    ink = np.zeros((20, 20), np.uint8)
+    ink[2:6, 2:6] = 255
+    mask = np.zeros((20, 20), bool)
+    mask[:, :10] = True
+    labels = read_labels(write_png(tmp_path / "inklabels.png", ink), mask=mask)
+    assert (labels[2:6, 2:6] == INK).all()
+    assert labels[15, 5] == NOT_INK  # 0 inside the mask
+    assert labels[15, 15] == 0  # 0 outside the mask: unlabeled
+    assert (read_labels(tmp_path / "inklabels.png")[ink == 0] == NOT_INK).all()  # no mask
+
+
+def test_one_bit_png_reads_as_binary(tmp_path):
+    ink = np.zeros((8, 8), bool)
+    ink[1:3, 1:3] = True
+    Image.fromarray(ink).convert("1").save(tmp_path / "one_bit.png")
+    assert label_counts(read_labels(tmp_path / "one_bit.png")) == {"ink": 4, "not ink": 60}
+
+
+def test_gray_rgb_accepted_colour_refused(tmp_path, sparse):
+    rgb = np.repeat(sparse[..., None], 3, axis=2)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read_labels(tmp_path / "rgb.png"), sparse)
+    rgb[0, 0] = (1, 2, 0)
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    with pytest.raises(LabelsError, match="colour.png: colour image"):
+        read_labels(tmp_path / "colour.png")
+
+
+def test_values_outside_encodings_refused(tmp_path):
+    data = np.array([[0, 1, 2, 7]], np.uint8)
+    with pytest.raises(LabelsError, match=r"bad.png: label values \[7\] are not 0/1/2"):
+        read_labels(write_png(tmp_path / "bad.png", data))
+    with pytest.raises(LabelsError, match=r"mixed.png: label values \[0, 1, 255\]"):
+        read_labels(write_png(tmp_path / "mixed.png", np.array([[0, 1, 255]])))
+
+
+def test_shape_checked(tmp_path, sparse):
+    path = write_labels(tmp_path / "l.png", sparse)
+    with pytest.raises(
+        LabelsError, match=r"l.png: shape 40 x 60 does not match the volume's 40 x 61"
+    ):
+        read_labels(path, shape=(40, 61))
+
+
+def test_corrupt_label_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(CorruptFileError, match="broken.png: not a readable image"):
+        read_labels(tmp_path / "broken.png")
+
+
+def test_writing_bad_values_leaves_previous_file(tmp_path, sparse):
+    path = write_labels(tmp_path / "keep.png", sparse)
+    with pytest.raises(LabelsError, match=r"label values \[3\]"):
+        write_labels(path, np.full((40, 60), 3, np.uint8))
+    np.testing.assert_array_equal(read_labels(path), sparse)
+
+
+def test_villa_round_trip_with_validation(tmp_path, sparse):
+    validation = np.zeros_like(sparse)
+    validation[32:38, 2:10] = INK
+    validation[32:38, 40:50] = NOT_INK
+    paths = write_villa_labels(VillaPaths.in_folder(tmp_path, "seg1"), sparse, validation)
+    assert paths.inklabels.name == "seg1_inklabels.png"
+    ink = (
+        tifffile.imread(paths.inklabels)
+        if paths.inklabels.suffix == ".tif"
+        else np.asarray(Image.open(paths.inklabels))
+    )
+    assert set(np.unique(ink)) == {0, 255}
+    supervision = np.asarray(Image.open(paths.supervision_mask))
+    assert (supervision > 0).sum() == (sparse > 0).sum() + (validation > 0).sum()
+    train, val = read_villa_labels(VillaPaths.from_inklabels(paths.inklabels))
+    np.testing.assert_array_equal(train, sparse)
+    np.testing.assert_array_equal(val, validation)
+
+
+def test_villa_without_validation_mask(tmp_path, sparse):
+    paths = write_villa_labels(VillaPaths.in_folder(tmp_path, "s"), sparse)
+    assert not paths.validation_mask.exists()
+    train, val = read_villa_labels(paths)
+    np.testing.assert_array_equal(train, sparse)
+    assert val is None
