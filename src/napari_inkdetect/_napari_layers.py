@@ -12,6 +12,7 @@ from napari_inkdetect.io.labels import INK, NOT_INK
 from napari_inkdetect.io.segment import Segment, read_segment_labels
 
 PYRAMID_ABOVE = 4096  # px; wider volumes get lazy multiscale levels
+PYRAMID_COARSEST = 1024  # px; the coarsest level's larger side is at most this
 LABEL_COLORS = {0: "transparent", INK: "#ff2a2a", NOT_INK: "#2ad4ff", None: "#ffdd00"}
 MASK_COLORS = {0: "transparent", 1: "#ffffff", None: "#ffffff"}
 
@@ -28,7 +29,7 @@ def segment_layers(segment: Segment) -> list[LayerData]:
         "reversed": segment.reversed,
     }
     multiscale = max(segment.shape[1:]) > PYRAMID_ABOVE
-    data = segment.pyramid() if multiscale else segment.volume
+    data = segment.pyramid(min_size=PYRAMID_COARSEST) if multiscale else segment.volume
     name = segment.segment_id + (" (reversed)" if segment.reversed else "")
     layers: list[LayerData] = [
         (

@@ -9,6 +9,8 @@ tifffile's zarr store (only the strips/tiles that overlap the block).
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +110,7 @@ class TiffLayers:
     def _open(info: LayerInfo) -> Any:
         try:
             if info.memmap_offset is not None:
-                dtype = info.dtype.newbyteorder(info.byteorder)
-                return np.memmap(
-                    info.path, dtype, "r", offset=info.memmap_offset, shape=info.shape
-                )
+                return MappedLayer(info)
             import zarr
 
             store = tifffile.imread(info.path, key=info.page, aszarr=True)
@@ -136,6 +135,46 @@ class TiffLayers:
         except Exception as exc:  # decoders raise many types; all mean "this file is damaged"
             info = self.layers[z]
             raise CorruptFileError(f"{info.path}: cannot read layer {z} ({exc})") from None
+
+
+class MappedLayer:
+    """An uncompressed layer read through a read-only memory map.
+
+    After each read the touched rows are released from this process (``MADV_DONTNEED``): the
+    kernel's page cache keeps them for the next read, but they stop counting towards our
+    resident memory, so browsing a 30 GB segment does not look like a 30 GB process.
+    """
+
+    def __init__(self, info: LayerInfo):
+        dtype = info.dtype.newbyteorder(info.byteorder)
+        nbytes = info.shape[0] * info.shape[1] * dtype.itemsize
+        start = info.memmap_offset - info.memmap_offset % mmap.ALLOCATIONGRANULARITY
+        self._delta = info.memmap_offset - start
+        with open(info.path, "rb") as f:
+            self._map = mmap.mmap(
+                f.fileno(), self._delta + nbytes, access=mmap.ACCESS_READ, offset=start
+            )
+        self._array = np.frombuffer(self._map, dtype, info.shape[0] * info.shape[1], self._delta)
+        self._array = self._array.reshape(info.shape)
+        self._row_bytes = info.shape[1] * dtype.itemsize
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        ys = key[0]
+        out = np.array(self._array[key])
+        self._release(ys.start or 0, ys.stop if ys.stop is not None else self._array.shape[0])
+        return out
+
+    def _release(self, y0: int, y1: int) -> None:
+        if _MADV_DONTNEED is None:
+            return
+        begin = self._delta + y0 * self._row_bytes
+        begin -= begin % mmap.PAGESIZE
+        end = min(len(self._map), self._delta + y1 * self._row_bytes)
+        with contextlib.suppress(OSError, ValueError):
+            self._map.madvise(_MADV_DONTNEED, begin, end - begin)
+
+
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 
 class ZarrVolume:
