@@ -121,9 +121,7 @@ def main() -> None:
     gib = args.layers * args.size * args.size * 2 / 2**30
     print(f"stack: {args.layers} x {args.size} x {args.size} uint16 = {gib:.1f} GiB at {folder}")
     opened = time_open(folder)
-    print(
-        f"open_segment {opened * 1000:.1f} ms (target < 500 ms, ratio {opened / 0.5:.2f})"
-    )
+    print(f"open_segment {opened * 1000:.1f} ms (target < 500 ms, ratio {opened / 0.5:.2f})")
     os.environ["NAPARI_INKDETECT_CACHE"] = tempfile.mkdtemp(prefix="inkdetect-bench-cache-")
     for state in ("cold", "warm"):  # cold: pyramid levels computed; warm: read from the cache
         added = time_napari_add(folder)

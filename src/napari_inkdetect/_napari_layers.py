@@ -39,6 +39,7 @@ def segment_layers(segment: Segment) -> list[LayerData]:
                 "multiscale": multiscale,
                 "contrast_limits": segment.contrast_limits(),
                 "colormap": "gray",
+                "axis_labels": ("layer", "y", "x"),
                 "metadata": meta,
             },
             "image",
@@ -72,9 +73,15 @@ def segment_layers(segment: Segment) -> list[LayerData]:
 
 def labels_kwargs(name: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """How ink labels look everywhere: red ink, cyan not-ink, half transparent."""
-    return {"name": name, "opacity": 0.5, "colormap": LABEL_COLORS, "metadata": metadata or {}}
+    return {
+        "name": name,
+        "opacity": 0.5,
+        "colormap": LABEL_COLORS,
+        "axis_labels": ("y", "x"),
+        "metadata": metadata or {},
+    }
 
 
 def _label_files(segment: Segment) -> list[tuple[str, Any]]:
     files = [("inklabels", segment.inklabels_path)] if segment.inklabels_path else []
-    return files + sorted(segment.other_labels.items())
+    return files + [(n.replace("_", " "), p) for n, p in sorted(segment.other_labels.items())]

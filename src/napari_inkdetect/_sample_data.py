@@ -10,8 +10,9 @@ from napari_inkdetect.sample import sample_segment_path
 def make_sample_segment() -> list[LayerData]:
     """Volume, mask, truth ink labels, and the sparse training/validation labels to start from."""
     layers = segment_layers(open_segment(sample_segment_path()))
-    for _, kwargs, _ in layers:
+    for _, kwargs, kind in layers:
         if kwargs["name"].endswith("inklabels"):
             kwargs["name"] = kwargs["name"].replace("inklabels", "truth")
-            kwargs["visible"] = False  # the answer key: hidden until the user wants to compare
+        if kind == "labels" and not kwargs["name"].endswith("train labels"):
+            kwargs["visible"] = False  # answer keys stay hidden until the user compares
     return layers

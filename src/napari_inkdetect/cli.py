@@ -104,18 +104,28 @@ def _view(args: argparse.Namespace) -> int:
 
     from napari_inkdetect._napari_layers import segment_layers
     from napari_inkdetect.io.segment import open_segment
-    from napari_inkdetect.sample import sample_segment_path
 
-    path = args.segment or sample_segment_path()
-    viewer = napari.Viewer(title=f"napari-inkdetect: {Path(path).name}")
-    _add_layers(viewer, segment_layers(open_segment(path, reverse=args.reverse)))
+    if args.segment is None:
+        from napari_inkdetect._sample_data import make_sample_segment
+
+        layers, title = make_sample_segment(), "synthetic crackle sample"
+    else:
+        layers, title = (
+            segment_layers(open_segment(args.segment, reverse=args.reverse)),
+            args.segment.name,
+        )
+    viewer = napari.Viewer(title=f"napari-inkdetect: {title}")
+    _add_layers(viewer, layers)
     napari.run()
     return 0
 
 
 def _add_layers(viewer, layers) -> None:
-    for data, kwargs, kind in layers:
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    """Add layer tuples; the first editable labels layer is selected, ready to paint."""
+    added = [getattr(viewer, f"add_{kind}")(data, **kwargs) for data, kwargs, kind in layers]
+    paintable = [a for a in added if "train labels" in a.name or a.name.endswith("inklabels")]
+    if paintable:
+        viewer.layers.selection.active = paintable[0]
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -1,0 +1,42 @@
+"""The sample segment, opened in a real viewer the way a user does (File > Open Sample)."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+
+from napari_inkdetect._sample_data import make_sample_segment
+from napari_inkdetect.cli import _add_layers
+from napari_inkdetect.io.labels import INK, NOT_INK
+
+
+def test_open_sample_adds_lazy_volume_and_labels(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open_sample("napari-inkdetect", "synthetic_crackle")
+    names = [layer.name for layer in layers]
+    assert names == [
+        "synthetic",
+        "synthetic mask",
+        "synthetic truth",
+        "synthetic train labels",
+        "synthetic validation labels",
+    ]
+    volume = layers[0]
+    assert isinstance(volume.data, da.Array) and volume.data.dtype == np.uint16
+    assert volume.data.shape[0] >= 22  # room for a 22-layer window and a sweep
+    assert volume.metadata["voxel_size_um"] == 7.91
+    train = viewer.layers["synthetic train labels"]
+    assert train.visible and not viewer.layers["synthetic truth"].visible
+    assert set(np.unique(train.data)) == {0, INK, NOT_INK}
+    # what a user sees: papyrus on a dark background, red ink labels over it
+    viewer.dims.set_current_step(0, 19)
+    shot = viewer.screenshot(str(tmp_path / "sample.png"), canvas_only=True)
+    assert shot.shape[-1] == 4 and shot[..., :3].std() > 10
+    reds = (shot[..., 0] > 150) & (shot[..., 1] < 120) & (shot[..., 2] < 120)
+    assert reds.mean() > 0.002  # the painted ink letters are visible
+
+
+def test_view_command_selects_labels_for_painting(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _add_layers(viewer, make_sample_segment())
+    assert viewer.layers.selection.active.name == "synthetic train labels"

@@ -1,0 +1,66 @@
+"""The command line: outputs, and one-line errors with a non-zero exit for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_inkdetect.cli import main
+
+
+def test_sample_writes_a_real_segment_layout(tmp_path, capsys):
+    assert main(["sample", str(tmp_path), "--id", "demo", "--shape", "24,128,160"]) == 0
+    folder = tmp_path / "demo"
+    assert capsys.readouterr().out.strip() == str(folder)
+    layers = sorted((folder / "layers").glob("*.tif"))
+    assert [f.name for f in layers] == [f"{z:02d}.tif" for z in range(24)]
+    assert tifffile.imread(layers[0]).shape == (128, 160)
+    assert (folder / "demo_mask.png").is_file() and (folder / "demo_inklabels.png").is_file()
+
+
+def test_info_describes_segment(scroll_segment, capsys):
+    assert main(["info", str(scroll_segment), "--reverse"]) == 0
+    out = capsys.readouterr().out
+    assert "scroll-segment" in out and "6 layers x 96 x 128 px, uint16" in out
+    assert "7.91 um  (depth reversed)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["info", "/nonexistent/segment"], "no such file or folder"),
+        (["sample", "/tmp/x", "--shape", "1,2"], "expected three integers"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("napari-inkdetect: error: ") and message in err
+
+
+def test_corrupt_layer_via_console_script(tmp_path):
+    folder = tmp_path / "seg" / "layers"
+    folder.mkdir(parents=True)
+    for z in range(3):
+        tifffile.imwrite(folder / f"{z:02d}.tif", np.zeros((8, 8), np.uint16))
+    (folder / "01.tif").write_bytes(b"garbage")
+    run = subprocess.run(
+        [sys.executable, "-m", "napari_inkdetect", "info", str(tmp_path / "seg")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert run.stderr.startswith("napari-inkdetect: error: ")
+    assert "01.tif: not a readable TIFF" in run.stderr and run.stderr.count("\n") == 1
+    assert "Traceback" not in run.stderr
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("napari-inkdetect ")
