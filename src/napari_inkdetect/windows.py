@@ -1,0 +1,151 @@
+"""Model inputs from a volume: the window geometry and the intensity pipeline, shared by the
+trainer and the predictor so that inference repeats training exactly.
+
+A *window* is ``layers`` consecutive layers starting at ``start`` and a square of
+``tile`` model pixels. With an in-plane ``scale`` s (model pixels per volume pixel; 2.44 applies
+3.24 um fragment-trained models to 7.91 um scroll data) the square covers ``tile / s`` volume
+pixels, read once and resampled on the fly. Depth is not resampled unless ``depth_scale`` (the
+legacy pipeline that zoomed depth too, so a 22-layer input held only ``22 / s`` distinct layers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_inkdetect.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """uint16 -> float the 4th-place way: ``uint16 >> 8`` (like ``cv2.imread(path, 0)``),
+    clip to 50..200, divide by 255. Or per-block percentile scaling as an option."""
+
+    kind: str = "uint16_shift8_clip"
+    shift: int = 8
+    clip: tuple[float, float] = (50.0, 200.0)
+    divide: float = 255.0
+    percentiles: tuple[float, float] = (1.0, 99.0)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Normalisation:
+        data = dict(data or {})
+        known = {
+            k: data[k] for k in ("kind", "shift", "clip", "divide", "percentiles") if k in data
+        }
+        for key in ("clip", "percentiles"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
+        norm = cls(**known)
+        if norm.kind not in ("uint16_shift8_clip", "percentile"):
+            raise ConfigError(f"unknown intensity normalisation {norm.kind!r}")
+        return norm
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["clip"], data["percentiles"] = list(self.clip), list(self.percentiles)
+        return data
+
+    def apply(self, block: np.ndarray) -> np.ndarray:
+        """Raw volume values (uint8 or uint16) -> float32 model input."""
+        if self.kind == "percentile":
+            values = block.astype(np.float32)
+            lo, hi = np.percentile(
+                values[values > 0] if (values > 0).any() else values, self.percentiles
+            )
+            return np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+        if block.dtype == np.uint16:
+            block = block >> self.shift
+        values = block.astype(np.float32)
+        np.clip(values, self.clip[0], self.clip[1], out=values)
+        values /= self.divide
+        return values
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Geometry of one model input: layers x tile x tile model pixels."""
+
+    layers: int = 22
+    tile: int = 256
+    scale: float = 1.0
+    depth_scale: bool = False
+    normalisation: Normalisation = field(default_factory=Normalisation)
+
+    def __post_init__(self) -> None:
+        if self.layers < 4:
+            raise ConfigError(f"window of {self.layers} layers: at least 4 are needed")
+        if self.tile % 32:
+            raise ConfigError(f"tile size {self.tile} must be a multiple of 32")
+        if not 0.1 <= self.scale <= 10:
+            raise ConfigError(f"scale {self.scale} outside 0.1..10")
+
+    @property
+    def extent(self) -> int:
+        """Volume pixels a tile covers in Y and X."""
+        return max(1, round(self.tile / self.scale))
+
+    @property
+    def source_layers(self) -> int:
+        """Volume layers a window reads (fewer than ``layers`` with legacy depth scaling)."""
+        return math.ceil(self.layers / self.scale) if self.depth_scale else self.layers
+
+    @classmethod
+    def from_checkpoint_info(cls, info: Any) -> WindowSpec:
+        """The window a checkpoint was trained with (``CheckpointInfo`` or its dict)."""
+        get = info.get if isinstance(info, dict) else lambda k, d=None: getattr(info, k, d)
+        return cls(
+            layers=int(get("in_layers", 22)),
+            tile=int(get("tile_size", 256)),
+            scale=float(get("scale", 1.0)),
+            depth_scale=bool(get("depth_scale", False)),
+            normalisation=Normalisation.from_dict(get("normalisation")),
+        )
+
+
+def read_raw(
+    segment: Any, start: int, y0: int, x0: int, spec: WindowSpec, n_layers: int | None = None
+) -> np.ndarray:
+    """Raw volume block of one window (zero-padded past the volume's edges)."""
+    nz, ny, nx = segment.shape
+    depth = n_layers if n_layers is not None else spec.source_layers
+    if start < 0 or start + depth > nz:
+        raise ConfigError(f"layers {start}..{start + depth} outside the volume's 0..{nz}")
+    e = spec.extent
+    ys, xs = (max(0, y0), min(ny, y0 + e)), (max(0, x0), min(nx, x0 + e))
+    out = np.zeros((depth, e, e), segment.dtype)
+    if ys[1] > ys[0] and xs[1] > xs[0]:
+        out[:, ys[0] - y0 : ys[1] - y0, xs[0] - x0 : xs[1] - x0] = segment.read_block(
+            (start, start + depth), ys, xs
+        )
+    return out
+
+
+def to_model_input(raw: np.ndarray, spec: WindowSpec) -> torch.Tensor:
+    """Normalise and resample raw ``(depth, e, e)`` blocks to ``(layers, tile, tile)`` float32.
+
+    Accepts a leading batch axis. Depth is only resampled with legacy ``depth_scale``.
+    """
+    batched = raw.ndim == 4
+    x = torch.from_numpy(spec.normalisation.apply(raw if batched else raw[None]))
+    if x.shape[-1] != spec.tile or (spec.depth_scale and x.shape[1] != spec.layers):
+        size = (spec.layers if spec.depth_scale else x.shape[1], spec.tile, spec.tile)
+        x = F.interpolate(x[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
+    return x if batched else x[0]
+
+
+def to_volume_pixels(prob: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """Model-resolution maps ``(..., tile, tile)`` back to the volume's pixels ``(..., e, e)``."""
+    if spec.extent == spec.tile:
+        return prob
+    shape = prob.shape
+    flat = prob.reshape(-1, 1, shape[-2], shape[-1]).float()
+    out = F.interpolate(
+        flat, size=(spec.extent, spec.extent), mode="bilinear", align_corners=False, antialias=True
+    )
+    return out.reshape(*shape[:-2], spec.extent, spec.extent)
