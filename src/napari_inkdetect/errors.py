@@ -31,3 +31,7 @@ class CheckpointError(InkDetectError):
 
 class ConfigError(InkDetectError):
     """A setting that is out of range or inconsistent with the data."""
+
+
+class ChildCrashedError(InkDetectError):
+    """A training or prediction process died (crash, killed, out of host memory)."""
