@@ -34,6 +34,6 @@ def test_package_errors_keep_type_and_message():
 
 def test_crashed_child_is_reported_not_hung_on():
     with pytest.raises(
-        ChildProcessError, match=r"crash process ended unexpectedly \(exit code 3\)"
+        ChildCrashedError, match=r"crash process ended unexpectedly \(exit code 3\)"
     ):
         list(run_in_child("_child_targets:crash", {}))
