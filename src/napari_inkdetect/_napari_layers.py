@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from napari_inkdetect.io.labels import INK, NOT_INK
+from napari_inkdetect.io.pyramid import build_pyramid
 from napari_inkdetect.io.segment import Segment, read_segment_labels
 
 PYRAMID_ABOVE = 4096  # px; wider volumes get lazy multiscale levels
@@ -29,7 +30,7 @@ def segment_layers(segment: Segment) -> list[LayerData]:
         "reversed": segment.reversed,
     }
     multiscale = max(segment.shape[1:]) > PYRAMID_ABOVE
-    data = segment.pyramid(min_size=PYRAMID_COARSEST) if multiscale else segment.volume
+    data = build_pyramid(segment, min_size=PYRAMID_COARSEST) if multiscale else segment.volume
     name = segment.segment_id + (" (reversed)" if segment.reversed else "")
     layers: list[LayerData] = [
         (

@@ -12,7 +12,7 @@ from conftest import random_volume, write_layers, write_png
 
 from napari_inkdetect import open_segment
 from napari_inkdetect.errors import CorruptFileError, LabelsError, SegmentError
-from napari_inkdetect.io.pyramid import flush_cache_writes
+from napari_inkdetect.io.pyramid import build_pyramid, flush_cache_writes
 from napari_inkdetect.io.sources import ReadCounter
 
 
@@ -163,7 +163,7 @@ def test_pyramid_levels_are_means_and_cached(tmp_path):
     vol = random_volume((2, 256, 384))
     write_layers(tmp_path / "seg", vol)
     seg = open_segment(tmp_path / "seg")
-    levels = seg.pyramid(min_size=64, cache_dir=tmp_path / "cache")
+    levels = build_pyramid(seg, min_size=64, cache_dir=tmp_path / "cache")
     assert [lv.shape[1:] for lv in levels] == [(256, 384), (128, 192), (64, 96), (32, 48)]
     level1 = levels[1].compute().astype(float)
     expected = vol.astype(float).reshape(2, 128, 2, 192, 2).mean(axis=(2, 4))
@@ -172,7 +172,9 @@ def test_pyramid_levels_are_means_and_cached(tmp_path):
     flush_cache_writes()
     assert list((tmp_path / "cache").rglob("*.npy"))  # coarse chunks written to the cache
     before = ReadCounter.bytes_read
-    again = open_segment(tmp_path / "seg").pyramid(min_size=64, cache_dir=tmp_path / "cache")
+    again = build_pyramid(
+        open_segment(tmp_path / "seg"), min_size=64, cache_dir=tmp_path / "cache"
+    )
     np.testing.assert_array_equal(again[3].compute(), coarse)
     assert ReadCounter.bytes_read == before  # served from the cache, no full-resolution reads
 
@@ -180,7 +182,7 @@ def test_pyramid_levels_are_means_and_cached(tmp_path):
 def test_pyramid_of_odd_sizes_keeps_edges(tmp_path):
     vol = np.full((1, 101, 67), 1000, np.uint16)
     write_layers(tmp_path / "odd", vol)
-    levels = open_segment(tmp_path / "odd").pyramid(min_size=20, cache_dir=tmp_path / "c")
+    levels = build_pyramid(open_segment(tmp_path / "odd"), min_size=20, cache_dir=tmp_path / "c")
     assert levels[1].shape == (1, 51, 34)
     assert (levels[-1].compute() == 1000).all()
 

@@ -93,12 +93,6 @@ class Segment:
             return self.source[z0:z1, y0:y1, x0:x1]
         return self.source[nz - z1 : nz - z0, y0:y1, x0:x1][::-1]
 
-    def pyramid(self, min_size: int = 1024, cache_dir: Path | None = None) -> list[da.Array]:
-        """Lazy multiscale levels (full resolution first), coarse ones cached on disk."""
-        from napari_inkdetect.io.pyramid import build_pyramid
-
-        return build_pyramid(self, min_size=min_size, cache_dir=cache_dir)
-
     def contrast_limits(self, n_blocks: int = 9, block: int = 256) -> tuple[float, float]:
         """Display range from a few small blocks of the middle layers: never a full pass."""
         nz, ny, nx = self.shape
