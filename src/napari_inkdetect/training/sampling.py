@@ -1,0 +1,163 @@
+"""Where tiles come from: class-balanced positions on labelled pixels, read lazily.
+
+Each step's tiles are drawn from an RNG seeded with ``(seed, step)``, so a resumed run draws
+exactly the tiles an uninterrupted one would, with no sampler state to save. A background
+thread reads (``Segment.read_block``: only the block a tile needs), normalises and resamples
+the tiles of the next steps into a bounded queue, so I/O overlaps the optimiser step.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from napari_inkdetect.io.labels import INK, NOT_INK
+from napari_inkdetect.windows import WindowSpec, read_raw, to_model_input
+
+
+@dataclass
+class Batch:
+    """Model-resolution tiles ``(B, 1, D, T, T)`` float32 and labels ``(B, T, T)`` uint8."""
+
+    step: int
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def resample_labels(labels: np.ndarray, tile: int) -> torch.Tensor:
+    """Labels ``(..., e, e)`` to model resolution ``(..., tile, tile)`` (nearest: no new
+    classes appear at stroke edges)."""
+    t = torch.from_numpy(np.ascontiguousarray(labels))
+    if t.shape[-1] == tile:
+        return t
+    flat = t.reshape(-1, 1, *t.shape[-2:]).float()
+    out = F.interpolate(flat, size=(tile, tile), mode="nearest-exact")
+    return out.to(torch.uint8).reshape(*t.shape[:-2], tile, tile)
+
+
+def split_components(
+    labels: np.ndarray, fraction: float, seed: int, min_components: int = 3
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Hold out ~``fraction`` of the labelled connected components of each class for
+    validation (deterministic by seed); None when a class has fewer than
+    ``min_components`` components (too few to hold any out honestly)."""
+    train, val = labels.copy(), np.zeros_like(labels)
+    rng = np.random.default_rng([seed, 7])
+    for cls in (INK, NOT_INK):
+        comp, n = ndimage.label(labels == cls, structure=np.ones((3, 3)))
+        if n < min_components or fraction <= 0:
+            return None
+        held = rng.permutation(n)[: max(1, round(n * fraction))] + 1
+        hold = np.isin(comp, held)
+        val[hold], train[hold] = cls, 0
+    return train, val
+
+
+class TileSampler:
+    """Draws class-balanced training tiles of one window from a segment."""
+
+    def __init__(
+        self,
+        segment: Any,
+        labels: np.ndarray,
+        spec: WindowSpec,
+        start_layer: int,
+        seed: int,
+        reverse: bool = False,
+    ) -> None:
+        self.segment, self.labels, self.spec = segment, labels, spec
+        self.start, self.seed, self.reverse = start_layer, seed, reverse
+        flat = labels.ravel()
+        self.pixels = {c: np.flatnonzero(flat == c) for c in (INK, NOT_INK)}
+
+    def positions(self, step: int, n: int) -> list[tuple[int, int]]:
+        """Tile corners (y0, x0) for ``step``: a pixel of ink or not ink (p=0.5 each) with the
+        tile centred on it, jittered by up to a quarter tile, kept inside the volume."""
+        rng = np.random.default_rng([self.seed, step, 0])
+        e = self.spec.extent
+        ny, nx = self.labels.shape
+        out = []
+        for _ in range(n):
+            pool = self.pixels[INK if rng.random() < 0.5 else NOT_INK]
+            y, x = divmod(int(pool[rng.integers(pool.size)]), nx)
+            jy, jx = rng.integers(-(e // 4), e // 4 + 1, size=2)
+            y0 = int(np.clip(y - e // 2 + jy, 0, max(0, ny - e)))
+            x0 = int(np.clip(x - e // 2 + jx, 0, max(0, nx - e)))
+            out.append((y0, x0))
+        return out
+
+    def read(self, corners: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tiles at model resolution ``(B, 1, D, T, T)`` and their labels ``(B, T, T)``."""
+        e = self.spec.extent
+        raw = np.stack([read_raw(self.segment, self.start, y, x, self.spec) for y, x in corners])
+        images = to_model_input(raw, self.spec)
+        if self.reverse:
+            images = images.flip(1)
+        labels = np.zeros((len(corners), e, e), np.uint8)
+        for i, (y0, x0) in enumerate(corners):
+            block = self.labels[y0 : y0 + e, x0 : x0 + e]
+            labels[i, : block.shape[0], : block.shape[1]] = block
+        return images[:, None].contiguous(), resample_labels(labels, self.spec.tile)
+
+    def batch(self, step: int, n: int) -> Batch:
+        """The ``n`` tiles of ``step`` (the same for the same seed and step, always)."""
+        return Batch(step, *self.read(self.positions(step, n)))
+
+    def n_label_tiles(self) -> int:
+        """Tile-sized grid cells holding labels: the size of one "epoch"."""
+        e = self.spec.extent
+        nx = self.labels.shape[1]
+        cells = set()
+        for pool in self.pixels.values():
+            ys, xs = np.divmod(pool, nx)
+            cells.update(zip((ys // e).tolist(), (xs // e).tolist(), strict=True))
+        return max(1, len(cells))
+
+
+class Prefetcher:
+    """Runs ``make(step)`` for steps ``first..last-1`` in a thread, ``depth`` steps ahead."""
+
+    def __init__(self, make: Callable[[int], Any], first: int, last: int, depth: int) -> None:
+        self._make, self._steps = make, range(first, last)
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inkdetect-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        # one intra-op thread here (thread-local with OpenMP): a second OpenMP team would
+        # compete with the optimiser step for the same cores
+        torch.set_num_threads(1)
+        for step in self._steps:
+            try:
+                item: Any = self._make(step)
+            except BaseException as exc:  # forwarded to the consumer, raised there
+                item = exc
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self._stop.is_set() or isinstance(item, BaseException):
+                return
+
+    def __iter__(self) -> Iterator[Any]:
+        for _ in self._steps:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the tile it is reading) and wait for it."""
+        self._stop.set()
+        self._thread.join(timeout=30)

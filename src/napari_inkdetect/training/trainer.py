@@ -1,0 +1,582 @@
+"""The training loop: one generator of typed events, drained by the CLI, tests and the dock.
+
+``train(config, stop)`` sets up (validating every input first), then yields
+:class:`TrainStarted`, a :class:`StepDone` per step, :class:`Validated` and
+:class:`CheckpointSaved` every ``val_every`` steps, and :class:`TrainFinished`. Problems raise
+:class:`~napari_inkdetect.errors.InkDetectError` (no failure event). A set ``stop`` event ends
+the run after the current step, with the last checkpoint saved.
+
+Run directory: ``config.json``, ``metrics.jsonl``, ``last.safetensors`` + ``last.state.pt``
+(optimiser, scaler and bookkeeping, for ``resume``) and ``best.safetensors``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_inkdetect.devices import resolve_device
+from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
+from napari_inkdetect.io.atomic import atomic_path
+from napari_inkdetect.io.labels import INK, NOT_INK
+from napari_inkdetect.io.segment import open_segment, read_segment_labels
+from napari_inkdetect.metrics import score
+from napari_inkdetect.models import (
+    InkDetector,
+    autocast_context,
+    load_checkpoint,
+    save_checkpoint,
+    to_channels_last_3d,
+)
+from napari_inkdetect.models.detector import channels_last_input, resolve_autocast_dtype
+from napari_inkdetect.training.augment import augment_batch
+from napari_inkdetect.training.config import TrainConfig, trained_parts
+from napari_inkdetect.training.events import (
+    BatchHalved,
+    CheckpointSaved,
+    StepDone,
+    TrainFinished,
+    TrainStarted,
+    Validated,
+)
+from napari_inkdetect.training.loss import class_weights, sparse_loss
+from napari_inkdetect.training.sampling import Batch, Prefetcher, TileSampler, split_components
+from napari_inkdetect.windows import WindowSpec, read_raw, to_model_input, to_volume_pixels
+
+CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
+LAST, BEST, STATE = "last.safetensors", "best.safetensors", "last.state.pt"
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class _Run:
+    """Everything one run holds; built by :func:`_setup`, released by :meth:`close`."""
+
+    config: TrainConfig
+    run_dir: Path
+    segment: Any
+    spec: WindowSpec
+    start_layer: int
+    train_labels: np.ndarray
+    val_labels: np.ndarray | None
+    sampler: TileSampler
+    total_steps: int
+    device: torch.device
+    model: InkDetector
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    weights: torch.Tensor | None
+    provenance: dict[str, Any]
+    step: int = 0
+    best_f05: float = -1.0
+    best_metrics: dict[str, Any] | None = None
+    micro_batch: int = 0
+    prefetcher: Prefetcher | None = None
+    frozen: list[nn.Module] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Stop the prefetch thread and give GPU memory back."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+        self.model = self.optimizer = None  # type: ignore[assignment]
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_labels(segment: Any, path: str) -> np.ndarray:
+    labels = read_segment_labels(segment, Path(path))
+    counts = np.bincount(labels.ravel(), minlength=3)
+    for cls, name in ((INK, "ink (1)"), (NOT_INK, "not-ink (2)")):
+        if counts[cls] == 0:
+            raise LabelsError(
+                f"{path}: no {name} pixels; paint both ink and not ink to train and validate"
+            )
+    return labels
+
+
+def _window(config: TrainConfig, nz: int) -> tuple[WindowSpec, int]:
+    spec = WindowSpec(
+        layers=config.layers, tile=config.tile, scale=config.scale, depth_scale=config.depth_scale
+    )
+    depth = spec.source_layers
+    start = (nz - depth) // 2 if config.start_layer is None else config.start_layer
+    if start < 0 or start + depth > nz:
+        raise ConfigError(
+            f"start layer {start} + {depth} layers reaches outside the volume's {nz} layers "
+            f"(use a start layer in 0..{max(0, nz - depth)})"
+        )
+    return spec, start
+
+
+def _split(config: TrainConfig, segment: Any, labels: np.ndarray):
+    """Train labels and validation labels (given, automatic split, or None)."""
+    if config.val_labels:
+        val = _read_labels(segment, config.val_labels)
+        return np.where(val > 0, 0, labels).astype(np.uint8), val
+    split = split_components(labels, config.val_fraction, config.seed)
+    return (labels, None) if split is None else split
+
+
+def _build_model(config: TrainConfig) -> InkDetector:
+    torch.manual_seed(config.seed)
+    if config.init:
+        model, _ = load_checkpoint(config.init)
+        return model
+    return InkDetector(config.arch, config.width)
+
+
+def _freeze(model: InkDetector, spec: str) -> list[nn.Module]:
+    """Freeze the parts not trained; returns the frozen modules (kept in eval mode)."""
+    parts = trained_parts(spec)
+    enc = model.encoder
+    modules = {
+        "stem": [enc.conv1, enc.bn1],
+        **{f"layer{i}": [getattr(enc, f"layer{i}")] for i in range(1, 5)},
+        "decoder": [model.decoder],
+    }
+    frozen = [m for name, mods in modules.items() if name not in parts for m in mods]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _prepare_dir(config: TrainConfig) -> TrainConfig:
+    """Create the run dir, or (resume) read its config and refuse changes that matter."""
+    run_dir = Path(config.out)
+    saved = run_dir / CONFIG_FILE
+    if config.resume:
+        if not (run_dir / STATE).exists() or not saved.exists():
+            raise ConfigError(f"{run_dir}: nothing to resume (no {STATE} / {CONFIG_FILE})")
+        stored = TrainConfig.from_dict(json.loads(saved.read_text()))
+        changed = stored.differences(config)
+        if changed:
+            raise ConfigError(
+                f"{run_dir}: cannot resume with different settings: {', '.join(changed)}"
+            )
+        return config
+    if (run_dir / STATE).exists():
+        raise ConfigError(
+            f"{run_dir}: already holds a run; resume it (resume=True) or choose another out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(saved, json.dumps(config.to_dict(), indent=2) + "\n")
+    _write_text(run_dir / METRICS_FILE, "")
+    return config
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _setup(config: TrainConfig) -> _Run:
+    segment = open_segment(config.segment)
+    spec, start = _window(config, segment.shape[0])
+    labels = _read_labels(segment, config.labels)
+    train_labels, val_labels = _split(config, segment, labels)
+    model = _build_model(config)
+    config = _prepare_dir(config)
+    device = resolve_device(config.device)
+    sampler = TileSampler(
+        segment, train_labels, spec, start, config.seed, config.depth_direction == "reverse"
+    )
+    total = config.steps
+    if config.epochs is not None:
+        total = max(1, math.ceil(config.epochs * sampler.n_label_tiles() / config.batch_size))
+    frozen = _freeze(model, config.train)
+    model.set_activation_checkpointing(config.activation_checkpointing)
+    model.to(device)
+    if config.channels_last:
+        to_channels_last_3d(model)
+    dtype = resolve_autocast_dtype(device, config.autocast)
+    provenance = {
+        "labels": Path(config.labels).name,
+        "labels_sha256": _sha256(config.labels),
+        "val_labels_sha256": _sha256(config.val_labels) if config.val_labels else None,
+        "segment": str(config.segment),
+        "init": config.init,
+        "seed": config.seed,
+    }
+    run = _Run(
+        config=config,
+        run_dir=Path(config.out),
+        segment=segment,
+        spec=spec,
+        start_layer=start,
+        train_labels=train_labels,
+        val_labels=val_labels,
+        sampler=sampler,
+        total_steps=total,
+        device=device,
+        model=model,
+        optimizer=_optimizer(model, config),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        weights=class_weights(train_labels) if config.loss.class_weights else None,
+        provenance=provenance,
+        micro_batch=config.batch_size,
+        frozen=frozen,
+    )
+    if config.resume:
+        _load_state(run)
+    return run
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _save_model(run: _Run, name: str, metrics: dict[str, Any] | None) -> Path:
+    cfg = run.config
+    provenance = {
+        **run.provenance,
+        "steps": run.step,
+        "metrics": metrics,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "train_config": cfg.to_dict(),
+    }
+    return save_checkpoint(
+        run.run_dir / name,
+        run.model,
+        in_layers=cfg.layers,
+        tile_size=cfg.tile,
+        scale=cfg.scale,
+        depth_scale=cfg.depth_scale,
+        depth_reverse=cfg.depth_direction == "reverse",
+        start_layer=run.start_layer,
+        normalisation=run.spec.normalisation.to_dict(),
+        provenance=provenance,
+    )
+
+
+def _save_last(run: _Run) -> Path:
+    """Weights, then the resume state (optimiser etc.), both atomically."""
+    path = _save_model(run, LAST, run.best_metrics)
+    state = {
+        "step": run.step,
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "best_f05": float(run.best_f05),
+        "best_metrics": json.dumps(run.best_metrics),
+        "micro_batch": run.micro_batch,
+    }
+    with atomic_path(run.run_dir / STATE) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def _load_state(run: _Run) -> None:
+    state = torch.load(run.run_dir / STATE, map_location="cpu", weights_only=True)
+    model, _ = load_checkpoint(run.run_dir / LAST, device="cpu")
+    saved_steps = (model.info.provenance or {}).get("steps") if model.info else None
+    if saved_steps != state["step"]:
+        raise ConfigError(
+            f"{run.run_dir}: {LAST} (step {saved_steps}) and {STATE} (step {state['step']}) "
+            "disagree; the run was killed while saving; start a new run"
+        )
+    run.model.load_state_dict(model.state_dict())
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.step, run.best_f05 = int(state["step"]), float(state["best_f05"])
+    run.best_metrics = json.loads(state["best_metrics"])
+    run.micro_batch = int(state["micro_batch"])
+    _truncate_metrics(run.run_dir / METRICS_FILE, run.step)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the log lines written after the checkpoint a resumed run restarts from."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    _write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _log(run: _Run, record: dict[str, Any]) -> None:
+    with (run.run_dir / METRICS_FILE).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def lr_at(step: int, total: int, base: float, warmup: int, min_ratio: float) -> float:
+    """Learning rate of step ``step`` (0-based): linear warm-up, then cosine to
+    ``base * min_ratio``. A pure function of the step, so resuming needs no scheduler state."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def _set_train_mode(run: _Run) -> None:
+    run.model.train()
+    for module in run.frozen:  # frozen parts keep their BatchNorm statistics
+        module.eval()
+
+
+def _make_batch(run: _Run, step: int) -> Batch:
+    """The (maybe augmented) batch of ``step``: runs in the prefetch thread."""
+    batch = run.sampler.batch(step, run.config.batch_size)
+    if _augment_in_worker(run):
+        batch.images, batch.labels = augment_batch(
+            batch.images, batch.labels, run.config.augment, run.config.seed, step
+        )
+    return batch
+
+
+def _augment_in_worker(run: _Run) -> bool:
+    choice = run.config.augment_in_worker
+    return run.device.type == "cpu" if choice is None else bool(choice)
+
+
+def _forward_backward(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Gradients of one step in micro-batches of ``run.micro_batch``; returns the loss."""
+    cfg, n = run.config, images.shape[0]
+    total = 0.0
+    for i in range(0, n, run.micro_batch):
+        x, y = images[i : i + run.micro_batch], labels[i : i + run.micro_batch]
+        if cfg.channels_last:
+            x = channels_last_input(x)
+        with autocast_context(run.device, cfg.autocast):
+            logits = run.model(x)
+        loss = sparse_loss(
+            logits, y, cfg.loss.label_smoothing, cfg.loss.dice_weight, run.weights
+        ) * (x.shape[0] / n)
+        run.scaler.scale(loss).backward()
+        total += float(loss.detach())
+    return total
+
+
+def _train_step(run: _Run, batch: Batch) -> Iterator[Any]:
+    """One optimiser step (halving the micro-batch on OOM); yields BatchHalved, returns loss."""
+    cfg = run.config
+    images = batch.images.to(run.device, non_blocking=True)
+    labels = batch.labels.to(run.device, non_blocking=True)
+    if not _augment_in_worker(run):
+        images, labels = augment_batch(images, labels, cfg.augment, cfg.seed, batch.step)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * run.total_steps)
+    lr = lr_at(batch.step, run.total_steps, cfg.lr, max(1, warmup), cfg.min_lr_ratio)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    while True:
+        run.optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = _forward_backward(run, images, labels)
+            break
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_oom(exc):
+                raise
+            run.optimizer.zero_grad(set_to_none=True)
+            if run.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if run.micro_batch == 1:
+                raise InkDetectError(
+                    f"out of memory at batch 1 (tile {cfg.tile}, {cfg.arch}); use a smaller "
+                    "tile, width or train='decoder', or activation_checkpointing"
+                ) from None
+            run.micro_batch = max(1, run.micro_batch // 2)
+            yield BatchHalved(run.micro_batch, math.ceil(cfg.batch_size / run.micro_batch))
+    if not math.isfinite(loss):
+        raise InkDetectError(
+            f"training diverged: loss is {loss} at step {batch.step + 1}; the last good "
+            f"checkpoint is kept in {run.run_dir / LAST}; lower the learning rate "
+            f"(lr={cfg.lr}) or turn off autocast"
+        )
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return (loss, lr)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _box(labels: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(labels)
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def _starts(lo: int, hi: int, extent: int, stride: int) -> list[int]:
+    """Tile corners covering ``lo..hi`` (the last one flush with ``hi``)."""
+    if hi - lo <= extent:
+        return [lo]
+    starts = list(range(lo, hi - extent, stride))
+    return [*starts, hi - extent]
+
+
+@torch.no_grad()
+def predict_box(
+    model: nn.Module,
+    segment: Any,
+    spec: WindowSpec,
+    start: int,
+    box: tuple[int, int, int, int],
+    device: torch.device,
+    batch: int = 8,
+    reverse: bool = False,
+    autocast: str = "off",
+) -> np.ndarray:
+    """Ink probability over ``box`` (y0, y1, x0, x1): overlapping tiles (half-tile stride),
+    averaged. Small and simple on purpose; whole segments go through ``inference``."""
+    y0, y1, x0, x1 = box
+    e = spec.extent
+    corners = [
+        (y, x)
+        for y in _starts(y0, y1, e, max(1, e // 2))
+        for x in _starts(x0, x1, e, max(1, e // 2))
+    ]
+    acc = np.zeros((max(y1 - y0, e), max(x1 - x0, e)), np.float32)
+    hits = np.zeros_like(acc)
+    model.eval()
+    for i in range(0, len(corners), batch):
+        chunk = corners[i : i + batch]
+        raw = np.stack([read_raw(segment, start, y, x, spec) for y, x in chunk])
+        x = to_model_input(raw, spec)
+        x = (x.flip(1) if reverse else x)[:, None].to(device)
+        with autocast_context(device, autocast):
+            logits = model(x)
+        prob = to_volume_pixels(torch.softmax(logits.float(), 1)[:, 1], spec).cpu().numpy()
+        for (y, xx), p in zip(chunk, prob, strict=True):
+            acc[y - y0 : y - y0 + e, xx - x0 : xx - x0 + e] += p
+            hits[y - y0 : y - y0 + e, xx - x0 : xx - x0 + e] += 1
+    return (acc / np.maximum(hits, 1))[: y1 - y0, : x1 - x0]
+
+
+def _validate(run: _Run) -> dict[str, Any]:
+    box = _box(run.val_labels)
+    prob = predict_box(
+        run.model,
+        run.segment,
+        run.spec,
+        run.start_layer,
+        box,
+        run.device,
+        batch=2 * run.config.batch_size,
+        reverse=run.config.depth_direction == "reverse",
+        autocast=run.config.autocast,
+    )
+    y0, y1, x0, x1 = box
+    scores = score(prob, run.val_labels[y0:y1, x0:x1])
+    _set_train_mode(run)
+    return scores.to_dict()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _after_step(run: _Run) -> Iterator[Any]:
+    """Validation and checkpoints due after ``run.step`` steps."""
+    cfg = run.config
+    done = run.step == run.total_steps
+    if run.val_labels is not None and (run.step % cfg.val_every == 0 or done):
+        metrics = _validate(run)
+        _log(run, {"kind": "val", "step": run.step, **metrics})
+        yield Validated(
+            run.step,
+            metrics["f05"],
+            metrics["best_f05"],
+            metrics["best_threshold"],
+            metrics["precision"],
+            metrics["recall"],
+        )
+        if metrics["best_f05"] > run.best_f05:
+            run.best_f05, run.best_metrics = metrics["best_f05"], metrics
+            yield CheckpointSaved(_save_model(run, BEST, metrics), run.step, "best")
+    save_every = cfg.save_every or cfg.val_every
+    if run.step % save_every == 0 and not done:
+        yield CheckpointSaved(_save_last(run), run.step, "last")
+
+
+def _finish(run: _Run, started: float, stopped: bool) -> Iterator[Any]:
+    last = _save_last(run)
+    yield CheckpointSaved(last, run.step, "last")
+    best = run.run_dir / BEST
+    if run.val_labels is None:  # no validation: the best is the last
+        yield CheckpointSaved(_save_model(run, BEST, None), run.step, "best")
+    yield TrainFinished(
+        run_dir=run.run_dir,
+        best_path=best if best.exists() else None,
+        last_path=last,
+        steps=run.step,
+        seconds=time.perf_counter() - started,
+        stopped=stopped,
+    )
+
+
+def _loop(run: _Run, stop: Any) -> Iterator[Any]:
+    cfg, started = run.config, time.perf_counter()
+    run.prefetcher = Prefetcher(
+        lambda s: _make_batch(run, s), run.step, run.total_steps, cfg.prefetch
+    )
+    _set_train_mode(run)
+    first, step_time, eta = run.step, 0.0, math.inf
+    batches = iter(run.prefetcher)
+    while run.step < run.total_steps:
+        if stop is not None and stop.is_set():
+            break
+        t0 = time.perf_counter()
+        batch = next(batches)
+        loss, lr = yield from _train_step(run, batch)
+        run.step += 1
+        step_time += time.perf_counter() - t0
+        rate = (run.step - first) / step_time
+        eta = min(eta, (run.total_steps - run.step) / rate)
+        if run.step % cfg.log_every == 0 or run.step == run.total_steps:
+            record = {"kind": "step", "step": run.step, "loss": loss, "lr": lr}
+            _log(run, {**record, "tiles_per_s": rate * cfg.batch_size})
+        yield StepDone(run.step, run.total_steps, loss, lr, rate * cfg.batch_size, eta)
+        yield from _after_step(run)
+    yield from _finish(run, started, stopped=run.step < run.total_steps)
+
+
+def train(config: TrainConfig, stop: Any = None) -> Iterator[Any]:
+    """Train as ``config`` says, yielding events; ``stop`` (a ``threading.Event``) ends the
+    run cleanly after the current step. Raises ``InkDetectError`` subclasses on bad input,
+    divergence (NaN loss) or out of memory at batch 1."""
+    run = _setup(config)
+    try:
+        params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+        yield TrainStarted(run.config, run.total_steps, str(run.device), params, run.step)
+        yield from _loop(run, stop)
+    finally:
+        run.close()
+
+
+def run_training(config: TrainConfig, stop: Any = None) -> Path:
+    """Drain :func:`train`; returns the run directory."""
+    finished = None
+    for event in train(config, stop):
+        if isinstance(event, TrainFinished):
+            finished = event
+    if finished is None:  # pragma: no cover - train always ends with TrainFinished or raises
+        raise InkDetectError("training ended without finishing")
+    return finished.run_dir

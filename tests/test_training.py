@@ -1,0 +1,323 @@
+"""Training engine: loss, augmentation, sampling, the event stream, resume, bad inputs and a
+small end-to-end run that must beat intensity thresholding on held-out letters."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
+from napari_inkdetect.io.segment import open_segment
+from napari_inkdetect.metrics import score
+from napari_inkdetect.models import read_checkpoint_metadata
+from napari_inkdetect.synthetic import make_segment, write_segment
+from napari_inkdetect.training import (
+    AugmentConfig,
+    BatchHalved,
+    CheckpointSaved,
+    LossConfig,
+    StepDone,
+    TrainConfig,
+    TrainFinished,
+    TrainStarted,
+    Validated,
+    augment_batch,
+    lr_at,
+    run_training,
+    sparse_loss,
+    split_components,
+    train,
+)
+from napari_inkdetect.training.augment import depth_crop_paste, flip_rot90, step_generator
+from napari_inkdetect.training.sampling import TileSampler
+from napari_inkdetect.windows import WindowSpec, read_raw, to_model_input
+
+NO_AUG = AugmentConfig.none()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    seg = make_segment(shape=(40, 256, 384))
+    folder = write_segment(seg, tmp_path_factory.mktemp("seg"), "syn")
+    return seg, folder
+
+
+def small_config(folder: Path, out: Path, **changes) -> TrainConfig:
+    base = TrainConfig(
+        segment=str(folder),
+        labels=str(folder / "syn_train_labels.png"),
+        val_labels=str(folder / "syn_validation_labels.png"),
+        out=str(out),
+        arch="resnet10",
+        width=0.125,
+        start_layer=12,
+        layers=8,
+        tile=64,
+        steps=6,
+        batch_size=2,
+        lr=1e-3,
+        val_every=3,
+        autocast="off",
+        augment=NO_AUG,
+        prefetch=2,
+    )
+    return replace(base, **changes)
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_loss_ignores_unlabeled_pixels():
+    logits = torch.randn(2, 2, 8, 8)
+    labels = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    labels[:, :4] = 1
+    labels[:, 4:6] = 2
+    base = sparse_loss(logits, labels)
+    changed = logits.clone()
+    changed[:, :, 6:] = 100 * torch.randn(2, 2, 2, 8)  # only unlabeled rows change
+    assert torch.allclose(sparse_loss(changed, labels), base)
+    logits.requires_grad_(True)
+    sparse_loss(logits, labels, dice_weight=1.0).backward()
+    assert logits.grad[:, :, 6:].abs().max() == 0
+    assert logits.grad[:, :, :6].abs().max() > 0
+    empty = sparse_loss(logits, torch.zeros_like(labels))
+    assert empty.item() == 0 and torch.isfinite(empty)
+
+
+def test_geometric_augmentations_keep_label_alignment():
+    # each tile's image encodes its label at every depth: image == label / 2
+    blocks = torch.randint(0, 3, (6, 4, 4), dtype=torch.uint8)
+    labels = blocks.repeat_interleave(8, 1).repeat_interleave(8, 2)
+    images = (labels.float() / 2)[:, None, None].expand(6, 1, 5, 32, 32).contiguous()
+    i2, l2 = flip_rot90(images, labels, step_generator(0, 0))
+    assert not torch.equal(l2, labels)
+    assert torch.equal((i2[:, 0, 0] * 2).round().to(torch.uint8), l2)  # exact
+    cfg = replace(NO_AUG, flips=True, rot90=True, affine=True, p_affine=1.0)
+    out_i, out_l = augment_batch(images, labels, cfg, seed=3, step=1)
+    assert out_i.shape == images.shape and out_l.shape == labels.shape
+    for z in range(5):  # bilinear image vs nearest labels: differ only along block edges
+        agree = (out_i[:, 0, z] * 2).round().to(torch.uint8) == out_l
+        assert agree.float().mean() > 0.93
+
+
+def test_depth_augmentations_keep_shape_and_content():
+    images = torch.arange(22, dtype=torch.float32).view(1, 1, 22, 1, 1).expand(4, 1, 22, 8, 8)
+    out = depth_crop_paste(images.contiguous(), step_generator(0, 5), 12, p=1.0)
+    assert out.shape == images.shape
+    for tile in out[:, 0, :, 0, 0]:
+        kept = tile[tile > 0]
+        assert kept.numel() >= 11  # 12..22 consecutive layers (layer 0 is value 0)
+        assert torch.all(kept.diff() == 1)  # pasted in order, consecutive
+    full = augment_batch(images.contiguous(), torch.zeros(4, 8, 8, dtype=torch.uint8),
+                         AugmentConfig.all(), seed=0, step=0)[0]  # fmt: skip
+    assert full.shape == images.shape and torch.isfinite(full).all()
+
+
+def test_augmentation_is_deterministic_per_step():
+    images, labels = torch.rand(3, 1, 8, 32, 32), torch.randint(0, 3, (3, 32, 32))
+    a = augment_batch(images, labels, AugmentConfig.all(), seed=1, step=7)
+    b = augment_batch(images, labels, AugmentConfig.all(), seed=1, step=7)
+    c = augment_batch(images, labels, AugmentConfig.all(), seed=1, step=8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_sampler_is_balanced_deterministic_and_lazy(synthetic):
+    seg, folder = synthetic
+    segment = open_segment(folder)
+    labels = seg.train_labels(3)
+    spec = WindowSpec(layers=8, tile=64, scale=2.0)
+    sampler = TileSampler(segment, labels, spec, 12, seed=0)
+    assert sampler.positions(4, 16) == sampler.positions(4, 16) != sampler.positions(5, 16)
+    batch = sampler.batch(0, 16)
+    assert batch.images.shape == (16, 1, 8, 64, 64) and batch.labels.shape == (16, 64, 64)
+    blocks = [labels[y : y + 32, x : x + 32] for y, x in sampler.positions(0, 200)]
+    assert all((b > 0).any() for b in blocks)  # every tile holds labels
+    assert sum((b == 1).any() for b in blocks) >= 90  # ink in about half (or more) of them
+    y0, x0 = sampler.positions(0, 1)[0]
+    expect = to_model_input(read_raw(segment, 12, y0, x0, spec), spec)
+    assert torch.allclose(batch.images[0, 0], expect)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [lr_at(s, 100, 1.0, 10, 0.01) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    assert lrs[-1] < 0.02
+
+
+def test_component_split_holds_out_whole_components():
+    labels = np.zeros((64, 64), np.uint8)
+    for i in range(5):
+        labels[4 + 12 * i : 10 + 12 * i, 4:10] = 1
+        labels[4 + 12 * i : 10 + 12 * i, 30:36] = 2
+    train_l, val_l = split_components(labels, 0.2, seed=0)
+    assert np.array_equal(np.maximum(train_l, val_l), labels)
+    assert not ((train_l > 0) & (val_l > 0)).any()
+    assert set(np.unique(val_l)) == {0, 1, 2}
+    assert split_components(labels[:20], 0.2, seed=0) is None  # too few components
+
+
+def test_config_round_trips_through_json(tmp_path):
+    cfg = small_config(tmp_path, tmp_path / "run", augment=AugmentConfig.all())
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError, match="unknown training settings"):
+        TrainConfig.from_dict({**cfg.to_dict(), "stpes": 3})
+    with pytest.raises(ConfigError, match="unknown model part"):
+        replace(cfg, train="decoder+head")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_event_stream_and_run_directory(synthetic, tmp_path):
+    _, folder = synthetic
+    events = list(train(small_config(folder, tmp_path / "run")))
+    assert isinstance(events[0], TrainStarted) and events[0].total_steps == 6
+    assert isinstance(events[-1], TrainFinished) and not events[-1].stopped
+    steps = [e for e in events if isinstance(e, StepDone)]
+    assert [e.step for e in steps] == [1, 2, 3, 4, 5, 6]
+    etas = [e.eta_s for e in steps]
+    assert all(a >= b for a, b in itertools.pairwise(etas)) and etas[-1] == 0
+    assert [e.step for e in events if isinstance(e, Validated)] == [3, 6]
+    kinds = {(e.kind, e.step) for e in events if isinstance(e, CheckpointSaved)}
+    assert ("last", 6) in kinds and any(k == "best" for k, _ in kinds)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "last.safetensors", "best.safetensors"):
+        assert (run / name).exists()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "step" for r in records) == 6
+    assert sum(r["kind"] == "val" for r in records) == 2
+    meta = read_checkpoint_metadata(run / "best.safetensors")
+    assert (meta["start_layer"], meta["in_layers"], meta["tile_size"]) == (12, 8, 64)
+    assert meta["normalisation"]["clip"] == [50.0, 200.0] and meta["depth_reverse"] is False
+    prov = meta["provenance"]
+    assert len(prov["labels_sha256"]) == 64 and prov["seed"] == 0 and prov["created"]
+    assert "best_f05" in prov["metrics"]
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    assert state["step"] == 6
+
+
+def test_cancel_within_one_step(synthetic, tmp_path):
+    _, folder = synthetic
+    stop = threading.Event()
+    events = []
+    for event in train(small_config(folder, tmp_path / "run", steps=50), stop=stop):
+        events.append(event)
+        if isinstance(event, StepDone) and event.step == 2:
+            stop.set()
+    assert max(e.step for e in events if isinstance(e, StepDone)) == 2
+    assert isinstance(events[-1], TrainFinished) and events[-1].stopped and events[-1].steps == 2
+    assert any(isinstance(e, CheckpointSaved) and e.kind == "last" for e in events)
+
+
+def test_kill_and_resume_gives_the_same_weights(synthetic, tmp_path):
+    _, folder = synthetic
+    aug = AugmentConfig.all()  # augmentations must replay too
+    full = run_training(small_config(folder, tmp_path / "full", augment=aug, steps=5))
+    cfg = small_config(folder, tmp_path / "part", augment=aug, steps=5)
+    stop = threading.Event()
+    for event in train(cfg, stop=stop):
+        if isinstance(event, StepDone) and event.step == 2:
+            stop.set()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        next(train(cfg))
+    with pytest.raises(ConfigError, match="lr"):
+        next(train(replace(cfg, resume=True, lr=0.5)))
+    events = list(train(replace(cfg, resume=True)))
+    assert events[0].start_step == 2 and events[-1].steps == 5
+    a = load_file(str(full / "last.safetensors"))
+    b = load_file(str(tmp_path / "part" / "last.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-5, atol=1e-6), key
+    steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").open()]
+    assert sorted(steps) == steps and steps.count(2) == 1
+
+
+def test_out_of_memory_halves_the_batch(synthetic, tmp_path, monkeypatch):
+    _, folder = synthetic
+    from napari_inkdetect.models import InkDetector
+
+    forward = InkDetector.forward
+
+    def fake_oom(self, x):
+        if x.shape[0] > 1 and self.training:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+        return forward(self, x)
+
+    monkeypatch.setattr(InkDetector, "forward", fake_oom)
+    events = list(train(small_config(folder, tmp_path / "run", steps=2, val_labels=None)))
+    halved = [e for e in events if isinstance(e, BatchHalved)]
+    assert halved == [BatchHalved(new_batch=1, accumulation=2)]
+    assert events[-1].steps == 2 and events[-1].best_path.exists()  # best = last, no val
+
+
+def test_nan_loss_stops_with_a_clear_error(synthetic, tmp_path):
+    _, folder = synthetic
+    cfg = small_config(folder, tmp_path / "run", lr=1e30, steps=8, val_every=100)
+    with pytest.raises(InkDetectError, match="diverged"):
+        for _ in train(cfg):
+            pass
+
+
+def test_bad_inputs(synthetic, tmp_path):
+    _, folder = synthetic
+    from PIL import Image
+
+    only_ink = tmp_path / "only_ink.png"
+    ink = np.zeros((256, 384), np.uint8)
+    ink[:, :50] = 1
+    Image.fromarray(ink).save(only_ink)
+    wrong = tmp_path / "wrong.png"
+    Image.fromarray(np.ones((10, 10), np.uint8)).save(wrong)
+    cfg = small_config(folder, tmp_path / "run")
+    with pytest.raises(LabelsError, match=r"only_ink.png: no not-ink"):
+        next(train(replace(cfg, labels=str(only_ink))))
+    with pytest.raises(LabelsError, match=r"wrong.png: shape 10 x 10"):
+        next(train(replace(cfg, labels=str(wrong))))
+    with pytest.raises(ConfigError, match="outside the volume"):
+        next(train(replace(cfg, start_layer=35)))
+    with pytest.raises(ConfigError, match="nope"):
+        next(train(replace(cfg, arch="nope")))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def threshold_baseline(segment, start: int, layers: int, labels: np.ndarray) -> float:
+    """Best F0.5 of thresholding the window's mean normalised intensity (64 thresholds)."""
+    spec = WindowSpec(layers=layers, tile=32)
+    raw = segment.read_block((start, start + layers), (0, labels.shape[0]), (0, labels.shape[1]))
+    mean = spec.normalisation.apply(raw).mean(0)
+    mean = (mean - mean.min()) / (mean.max() - mean.min())
+    return max(score(mean, labels, threshold=t, n_thresholds=2).f05 for t in
+               np.linspace(0, 1, 64))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_end_to_end_beats_thresholding(synthetic, tmp_path):
+    seg, folder = synthetic
+    start, layers = 4, 22
+    assert start <= seg.ink_layers[0] and seg.ink_layers[1] <= start + layers
+    cfg = small_config(
+        folder, tmp_path / "run", start_layer=start, layers=layers, tile=128, batch_size=4,
+        steps=E2E_STEPS, lr=1e-3, val_every=E2E_STEPS // 2, augment=E2E_AUG,
+        loss=LossConfig(label_smoothing=0.1),
+    )  # fmt: skip
+    best = max(e.best_f05 for e in train(cfg) if isinstance(e, Validated))
+    val = seg.validation_labels(3)
+    baseline = threshold_baseline(open_segment(folder), start, layers, val)
+    print(f"model best F0.5 {best:.3f} vs thresholding {baseline:.3f}")
+    assert best >= baseline + 0.1
+
+
+E2E_STEPS = 600
+E2E_AUG = replace(NO_AUG, flips=True, rot90=True)
