@@ -64,3 +64,41 @@ def test_version_flag(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("napari-inkdetect ")
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli-sample")
+    assert main(["sample", str(out), "--shape", "28,160,224"]) == 0
+    return out / "synthetic"
+
+
+def test_train_writes_a_run_directory(sample_dir, tmp_path, capsys):
+    argv = ["train", str(sample_dir), "--labels", str(sample_dir / "synthetic_train_labels.png"),
+            "--out", str(tmp_path / "run"), "--width", "0.125", "--tile", "64", "--layers", "8",
+            "--start-layer", "14", "--steps", "4", "--batch-size", "2", "--val-every", "2",
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "finished after 4 steps" in out
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {
+        "config.json",
+        "metrics.jsonl",
+        "last.safetensors",
+        "best.safetensors",
+    }
+
+
+def test_train_refuses_labels_without_not_ink(sample_dir, tmp_path, capsys):
+    argv = ["train", str(sample_dir), "--labels", str(sample_dir / "synthetic_mask.png"),
+            "--out", str(tmp_path / "run"), "--steps", "2"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "synthetic_mask.png: no not-ink (2) pixels" in err and err.count("\n") == 1
+
+
+def test_train_refuses_window_outside_volume(sample_dir, tmp_path, capsys):
+    argv = ["train", str(sample_dir), "--labels", str(sample_dir / "synthetic_train_labels.png"),
+            "--out", str(tmp_path / "run"), "--start-layer", "20", "--layers", "22"]  # fmt: skip
+    assert main(argv) == 1
+    assert "outside" in capsys.readouterr().err

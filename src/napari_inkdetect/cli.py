@@ -44,7 +44,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "info", "describe a surface volume (layout, shape, dtype, voxel size)", _info)
     _add(sub, "view", "open napari with a segment (default: the sample) and the plugin", _view)
     _add(sub, "models", "list the model architectures with parameters and FLOPs", _models)
+    _add_train(sub)
     return parser
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="finetune an ink model on painted labels",
+        description="Finetune an ink detector on sparse labels (1 ink, 2 not ink).",
+    )
+    p.set_defaults(run=_train)
+    p.add_argument("segment", type=Path)
+    p.add_argument("--labels", type=Path, required=True, help="sparse 0/1/2 or binary PNG/TIFF")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--val-labels", type=Path, help="held-out labels (default: automatic split)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument(
+        "--init", type=Path, help="initial checkpoint (any kind load_checkpoint reads)"
+    )
+    model.add_argument("--arch", default="resnet10", help="architecture (see `models`)")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier (e.g. 0.25 on CPU)")
+    p.add_argument("--start-layer", type=int, help="first layer of the window (default: centred)")
+    p.add_argument("--layers", type=int, default=22, help="window length in layers")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="in-plane scale (2.44: fragment->scroll)"
+    )
+    p.add_argument("--reverse", action="store_true", help="flip each window's depth order")
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--train-parts", default="all", help="all | decoder | decoder+last | ...")
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda:N, mps")
+    p.add_argument("--autocast", default="auto", choices=("auto", "off", "bf16", "fp16"))
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add(sub, name: str, help_text: str, run: Callable) -> None:
@@ -133,6 +171,53 @@ def _models(args: argparse.Namespace) -> int:
 
     print(model_table())
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_inkdetect.training import StepDone, TrainConfig, TrainFinished, Validated, train
+
+    config = TrainConfig(
+        segment=str(args.segment), labels=str(args.labels), out=str(args.out),
+        val_labels=_str(args.val_labels), init=_str(args.init), arch=args.arch,
+        width=args.width, start_layer=args.start_layer, layers=args.layers, scale=args.scale,
+        depth_direction="reverse" if args.reverse else "forward", tile=args.tile,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, train=args.train_parts,
+        val_every=args.val_every, device=args.device, autocast=args.autocast,
+        activation_checkpointing=args.checkpointing, seed=args.seed, resume=args.resume,
+    )  # fmt: skip
+    bar = None
+    for event in train(config):
+        if isinstance(event, StepDone):
+            if bar is None:
+                bar = tqdm(total=event.total, initial=event.step - 1, unit="step",
+                           disable=args.quiet, dynamic_ncols=True)  # fmt: skip
+            bar.update(1)
+            bar.set_postfix(loss=f"{event.loss:.4f}", tiles_s=f"{event.tiles_per_s:.1f}")
+        elif isinstance(event, Validated):
+            _say(bar, args.quiet, f"step {event.step}: F0.5 {event.f05:.3f} at 0.5, "
+                 f"best {event.best_f05:.3f} at {event.best_threshold:.2f}")  # fmt: skip
+        elif isinstance(event, TrainFinished):
+            if bar is not None:
+                bar.close()
+            state = "stopped" if event.stopped else "finished"
+            print(f"{state} after {event.steps} steps in {event.seconds:.0f} s")
+            print(f"best: {event.best_path}\nlast: {event.last_path}")
+    return 0
+
+
+def _say(bar, quiet: bool, text: str) -> None:
+    if quiet:
+        return
+    if bar is not None:
+        bar.write(text)
+    else:
+        print(text)
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _version() -> str:
