@@ -66,3 +66,15 @@ def test_bad_specs_refused():
         WindowSpec(tile=100)
     with pytest.raises(ConfigError, match="at least 4"):
         WindowSpec(layers=2)
+
+
+def test_percentile_normalisation_is_per_window_and_float32():
+    rng = np.random.default_rng(0)
+    dark = rng.integers(1000, 2000, (4, 8, 8)).astype(np.uint16)
+    bright = rng.integers(50000, 60000, (4, 8, 8)).astype(np.uint16)
+    norm = Normalisation(kind="percentile", percentiles=(0.0, 100.0))
+    out = norm.apply(np.stack([dark, bright]))
+    assert out.dtype == np.float32
+    for window in out:  # each window spans 0..1 on its own, whatever the other's range
+        assert window.min() == 0.0 and window.max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(norm.apply(dark), out[0])

@@ -54,17 +54,24 @@ class Normalisation:
     def apply(self, block: np.ndarray) -> np.ndarray:
         """Raw volume values (uint8 or uint16) -> float32 model input."""
         if self.kind == "percentile":
-            values = block.astype(np.float32)
-            lo, hi = np.percentile(
-                values[values > 0] if (values > 0).any() else values, self.percentiles
-            )
-            return np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+            return self._percentile(block)
         if block.dtype == np.uint16:
             block = block >> self.shift
         values = block.astype(np.float32)
         np.clip(values, self.clip[0], self.clip[1], out=values)
         values /= self.divide
         return values
+
+    def _percentile(self, block: np.ndarray) -> np.ndarray:
+        """Per-window (last three axes) percentile scaling to 0..1, ignoring zero padding."""
+        values = block.astype(np.float32)
+        flat = values.reshape(-1, int(np.prod(values.shape[-3:])))
+        for window in flat:  # a view: scaled in place, one window at a time
+            inside = window[window > 0]
+            lo, hi = np.percentile(inside if inside.size else window, self.percentiles)
+            window -= np.float32(lo)
+            window /= np.float32(max(hi - lo, 1e-6))
+        return np.clip(values, 0.0, 1.0, out=values)
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,8 @@ def _torch_load(path: Path) -> Any:
             "arbitrary code; if you trust its source, re-save it as weights only "
             "(torch.save(state_dict) of plain tensors) and load that"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, SafetensorError) as exc:
+        # torch >= 2.13 hands some files to safetensors itself, whose errors come through too
         reason = str(exc).split(". ")[0] or type(exc).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
 

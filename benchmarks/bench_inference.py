@@ -1,0 +1,163 @@
+"""Prediction benchmark: pipeline efficiency and memory that does not grow with the region.
+
+Run: ``python benchmarks/bench_inference.py [--device cpu] [--arch resnet10 --width 0.25]
+[--size 1024]``.
+
+1. Throughput: end-to-end tiles/s of :func:`napari_inkdetect.inference.predict` over a
+   ``size`` x ``size`` region of a synthetic segment (read, normalise, forward, blend, write),
+   against the forward-only ceiling (same model, batch, device and autocast, on tensors
+   already in memory). Target: ratio >= 0.85.
+2. Memory: peak RSS of a child process predicting 1024 x 1024 vs 4096 x 4096 on a sparse
+   8192 x 8192 stack. Target: ratio <= 1.25 (only chunk-local accumulators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from napari_inkdetect.inference import PredictConfig, PredictFinished, _batches, open_job, predict
+from napari_inkdetect.models import InkDetector, save_checkpoint
+from napari_inkdetect.synthetic import make_segment, write_segment
+
+LAYERS = 26
+
+
+def _checkpoint(folder: Path, arch: str, width: float, tile: int) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(folder / f"{arch}_{width}.safetensors", InkDetector(arch, width),
+                           tile_size=tile)  # fmt: skip
+
+
+def _run(config: PredictConfig) -> PredictFinished:
+    return [e for e in predict(config) if isinstance(e, PredictFinished)][-1]
+
+
+def forward_ceiling(config: PredictConfig, batches: int) -> float:
+    """Tiles/s of the model alone, prepared exactly like the predictor prepares it, on the
+    predictor's own first batches (real data), already in memory."""
+    job = open_job(config)
+    chunk = next(c for c in np.ndindex(job.chunk_grid) if job.chunk_tiles(*c))
+    inputs = []
+    for batch in _batches(job, [chunk], threading.Event()):
+        if len(batch.rows) == config.batch_size:
+            inputs.append(job.speed.prepare_input(batch.inputs.to(job.device)))
+        if len(inputs) == min(batches, 4):
+            break
+    with torch.inference_mode(), job.speed.autocast_context(job.device):
+        job.model(inputs[0])  # warm-up
+        _sync(job.device)
+        started = time.perf_counter()
+        for i in range(batches):
+            job.model(inputs[i % len(inputs)]).float().softmax(1)
+        _sync(job.device)
+    return batches * config.batch_size / (time.perf_counter() - started)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput(args: argparse.Namespace, folder: Path) -> dict[str, float]:
+    segment = write_segment(make_segment(shape=(LAYERS, args.size, args.size), seed=0), folder)
+    (segment / "synthetic_mask.png").unlink()  # every tile runs
+    ckpt = _checkpoint(folder, args.arch, args.width, args.tile)
+    config = PredictConfig(
+        segment=str(segment), checkpoint=str(ckpt), out=str(folder / "pred.zarr"),
+        tile=args.tile, batch_size=args.batch, device=args.device, autocast=args.autocast,
+        overwrite=True,
+    )  # fmt: skip
+    _run(config.with_(region=(0, 0, args.tile, 2 * args.tile)))  # warm-up
+    e2e, ceiling, tiles = 0.0, 0.0, 0
+    for _ in range(args.repeats):  # interleaved, best of each: robust to a busy machine
+        finished = _run(config)
+        tiles, e2e = finished.tiles, max(e2e, finished.tiles_per_s)
+        ceiling = max(ceiling, forward_ceiling(config, max(3, tiles // args.batch)))
+    return {"tiles": tiles, "e2e": e2e, "ceiling": ceiling}
+
+
+def make_sparse_stack(folder: Path, size: int = 8192) -> Path:
+    """``LAYERS`` sparse uint16 layers (headers + holes): costs almost no disk."""
+    layers = folder / "sparse" / "layers"
+    layers.mkdir(parents=True, exist_ok=True)
+    for z in range(LAYERS):
+        path = layers / f"{z:02d}.tif"
+        tifffile.imwrite(path, shape=(size, size), dtype=np.uint16)
+        mm = tifffile.memmap(path)
+        mm[::61, :] = 20000 + 500 * z  # a little real data
+        mm.flush()
+        del mm
+    return layers.parent
+
+
+def child_peak_rss(args: argparse.Namespace, segment: Path, ckpt: Path, size: int) -> dict:
+    """Predict a ``size`` region in a fresh interpreter; its peak RSS and seconds."""
+    config = PredictConfig(
+        segment=str(segment), checkpoint=str(ckpt), out=str(segment.parent / f"m{size}.zarr"),
+        region=(0, 0, size, size), tile=args.tile, stride=args.tile, batch_size=args.batch,
+        device=args.device, autocast=args.autocast, overwrite=True,
+    )  # fmt: skip
+    cmd = [sys.executable, __file__, "--child", json.dumps(config.to_dict())]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def child_main(config_json: str) -> None:
+    finished = _run(PredictConfig.from_dict(json.loads(config_json)))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak_mb, "seconds": finished.seconds, "tiles": finished.tiles}))
+
+
+def memory(args: argparse.Namespace, folder: Path) -> dict[int, dict]:
+    segment = make_sparse_stack(folder)
+    ckpt = _checkpoint(folder, args.arch, args.mem_width, args.tile)
+    return {size: child_peak_rss(args, segment, ckpt, size) for size in (1024, 4096)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--arch", default="resnet10")
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--mem-width", type=float, default=0.125, help="model for the RSS runs")
+    parser.add_argument("--size", type=int, default=1024, help="throughput region side")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--autocast", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child_main(args.child)
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        t = throughput(args, Path(tmp))
+        print(f"{args.arch} x{args.width}, tile {args.tile}, batch {args.batch}, {args.device}, "
+              f"autocast {args.autocast}, torch threads {torch.get_num_threads()}")  # fmt: skip
+        print(f"end-to-end      {t['e2e']:8.2f} tiles/s  ({t['tiles']} tiles, {args.size}^2)")
+        print(f"forward ceiling {t['ceiling']:8.2f} tiles/s")
+        print(f"ratio           {t['e2e'] / t['ceiling']:8.3f}  (target >= 0.85)")
+        if args.skip_memory:
+            return None
+        m = memory(args, Path(tmp))
+        for size, r in m.items():
+            print(f"peak RSS {size}^2 {r['peak_mb']:8.1f} MB  ({r['tiles']} tiles, "
+                  f"{r['seconds']:.1f} s)")  # fmt: skip
+        print(f"RSS ratio       {m[4096]['peak_mb'] / m[1024]['peak_mb']:8.3f}  (target <= 1.25)")
+    return None
+
+
+if __name__ == "__main__":
+    main()
