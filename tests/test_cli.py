@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -102,3 +103,40 @@ def test_train_refuses_window_outside_volume(sample_dir, tmp_path, capsys):
             "--out", str(tmp_path / "run"), "--start-layer", "20", "--layers", "22"]  # fmt: skip
     assert main(argv) == 1
     assert "outside" in capsys.readouterr().err
+
+
+def test_predict_export_and_evaluate(sample_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    labels = sample_dir / "synthetic_train_labels.png"
+    train = ["train", str(sample_dir), "--labels", str(labels), "--out", str(run),
+             "--width", "0.125", "--tile", "64", "--layers", "8", "--start-layer", "14",
+             "--steps", "2", "--batch-size", "2", "--quiet"]  # fmt: skip
+    assert main(train) == 0
+    out = tmp_path / "pred.zarr"
+    argv = ["predict", str(sample_dir), "--checkpoint", str(run / "last.safetensors"),
+            "--out", str(out), "--start-layers", "10:16:2", "--region", "0,0,96,128",
+            "--format", "png", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    pngs = sorted(p.name for p in (tmp_path / "pred_png").iterdir())
+    assert pngs == ["pred_max.png", "pred_z10.png", "pred_z12.png", "pred_z14.png"]
+    capsys.readouterr()
+    truth = sample_dir / "synthetic_inklabels.png"
+    mask = sample_dir / "synthetic_mask.png"
+    assert (
+        main(["evaluate", str(out), "--truth", str(truth), "--region-mask", str(mask), "--json"])
+        == 0
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["start_layer"] for r in rows] == [10, 12, 14]
+    assert all(0 <= r["best_f05"] <= 1 and r["n_ink"] > 0 for r in rows)
+    assert main(["evaluate", str(out), "--truth", str(truth), "--start-layer", "11"]) == 1
+    assert "start layer 11 not predicted" in capsys.readouterr().err
+
+
+def test_predict_bad_inputs(sample_dir, tmp_path, capsys):
+    assert main(["predict", str(sample_dir), "--checkpoint", str(tmp_path / "none.safetensors"),
+                 "--out", str(tmp_path / "p.zarr")]) == 1  # fmt: skip
+    assert "none.safetensors" in capsys.readouterr().err
+    assert main(["predict", str(sample_dir), "--checkpoint", "x", "--out", "y",
+                 "--region", "1,2,3"]) == 1  # fmt: skip
+    assert "--region '1,2,3': expected 4 comma-separated integers" in capsys.readouterr().err

@@ -37,3 +37,20 @@ def test_crashed_child_is_reported_not_hung_on():
         ChildCrashedError, match=r"crash process ended unexpectedly \(exit code 3\)"
     ):
         list(run_in_child("_child_targets:crash", {}))
+
+
+def test_training_runs_in_a_child_and_returns_a_loadable_checkpoint(tmp_path):
+    from napari_inkdetect.models import InkDetector
+    from napari_inkdetect.synthetic import make_segment, write_segment
+    from napari_inkdetect.training import StepDone, TrainConfig, TrainFinished
+
+    folder = write_segment(make_segment(shape=(12, 96, 128)), tmp_path, "s")
+    config = TrainConfig(
+        segment=str(folder), labels=str(folder / "s_train_labels.png"), out=str(tmp_path / "r"),
+        arch="resnet10", width=0.125, layers=8, tile=64, steps=3, batch_size=2, device="cpu",
+    )  # fmt: skip
+    events = list(run_in_child("napari_inkdetect.training:train", config))
+    assert [e.step for e in events if isinstance(e, StepDone)] == [1, 2, 3]
+    finished = events[-1]
+    assert isinstance(finished, TrainFinished)
+    assert InkDetector.from_checkpoint(finished.last_path).width == 0.125

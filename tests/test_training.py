@@ -16,14 +16,12 @@ from safetensors.torch import load_file
 
 from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
 from napari_inkdetect.io.segment import open_segment
-from napari_inkdetect.metrics import score
 from napari_inkdetect.models import read_checkpoint_metadata
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import (
     AugmentConfig,
     BatchHalved,
     CheckpointSaved,
-    LossConfig,
     StepDone,
     TrainConfig,
     TrainFinished,
@@ -290,34 +288,3 @@ def test_bad_inputs(synthetic, tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-def threshold_baseline(segment, start: int, layers: int, labels: np.ndarray) -> float:
-    """Best F0.5 of thresholding the window's mean normalised intensity (64 thresholds)."""
-    spec = WindowSpec(layers=layers, tile=32)
-    raw = segment.read_block((start, start + layers), (0, labels.shape[0]), (0, labels.shape[1]))
-    mean = spec.normalisation.apply(raw).mean(0)
-    mean = (mean - mean.min()) / (mean.max() - mean.min())
-    return max(score(mean, labels, threshold=t, n_thresholds=2).f05 for t in
-               np.linspace(0, 1, 64))  # fmt: skip
-
-
-@pytest.mark.slow
-def test_end_to_end_beats_thresholding(synthetic, tmp_path):
-    seg, folder = synthetic
-    start, layers = 4, 22
-    assert start <= seg.ink_layers[0] and seg.ink_layers[1] <= start + layers
-    cfg = small_config(
-        folder, tmp_path / "run", start_layer=start, layers=layers, tile=128, batch_size=4,
-        steps=E2E_STEPS, lr=1e-3, val_every=E2E_STEPS // 2, augment=E2E_AUG,
-        loss=LossConfig(label_smoothing=0.1),
-    )  # fmt: skip
-    best = max(e.best_f05 for e in train(cfg) if isinstance(e, Validated))
-    val = seg.validation_labels(3)
-    baseline = threshold_baseline(open_segment(folder), start, layers, val)
-    print(f"model best F0.5 {best:.3f} vs thresholding {baseline:.3f}")
-    assert best >= baseline + 0.1
-
-
-E2E_STEPS = 600
-E2E_AUG = replace(NO_AUG, flips=True, rot90=True)

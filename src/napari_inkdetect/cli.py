@@ -45,7 +45,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "view", "open napari with a segment (default: the sample) and the plugin", _view)
     _add(sub, "models", "list the model architectures with parameters and FLOPs", _models)
     _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
     return parser
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict ink across start layers into a zarr",
+        description="Sliding-window ink prediction, one map per start layer.",
+    )
+    p.set_defaults(run=_predict)
+    p.add_argument("segment", type=Path)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output zarr (resumed if it exists)")
+    p.add_argument("--start-layers", help="A:B[:STEP], A,B,C or Z (default: the checkpoint's)")
+    p.add_argument("--region", help="Y0,X0,Y1,X1 in volume pixels (default: mask bounding box)")
+    p.add_argument("--stride", type=int, help="in model pixels (default: tile / 2)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--autocast", default="auto", choices=("auto", "off", "bf16", "fp16"))
+    p.add_argument("--tta", action="store_true", help="average flips and 90-degree rotations")
+    p.add_argument("--reverse", action="store_true", help="flip each window's depth order")
+    p.add_argument(
+        "--format",
+        default="zarr",
+        choices=("zarr", "tif", "png"),
+        help="also export one image per start layer and a max projection",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a prediction made differently"
+    )
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a prediction against labels (F0.5, P, R)",
+        description="F0.5, precision and recall of a prediction on sparse labels.",
+    )
+    p.set_defaults(run=_evaluate)
+    p.add_argument("prediction", type=Path, help="a predict zarr, or a probability PNG/TIFF")
+    p.add_argument("--truth", type=Path, required=True, help="labels (sparse 0/1/2 or binary)")
+    p.add_argument("--region-mask", type=Path, help="only pixels inside this mask count")
+    p.add_argument("--start-layer", type=int, help="score only this start layer")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _add_train(sub) -> None:
@@ -204,6 +250,82 @@ def _train(args: argparse.Namespace) -> int:
             state = "stopped" if event.stopped else "finished"
             print(f"{state} after {event.steps} steps in {event.seconds:.0f} s")
             print(f"best: {event.best_path}\nlast: {event.last_path}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_inkdetect.inference import (
+        BatchDone,
+        PredictConfig,
+        PredictFinished,
+        PredictStarted,
+        export_prediction,
+        predict,
+    )
+
+    config = PredictConfig(
+        segment=str(args.segment), checkpoint=str(args.checkpoint), out=str(args.out),
+        region=_ints(args.region, 4, "--region") if args.region else None,
+        start_layers=args.start_layers, stride=args.stride, batch_size=args.batch_size,
+        device=args.device, autocast=args.autocast, tta_flips=args.tta, tta_rot90=args.tta,
+        depth_direction="reverse" if args.reverse else "auto", overwrite=args.overwrite,
+    )  # fmt: skip
+    bar = None
+    for event in predict(config):
+        if isinstance(event, PredictStarted):
+            bar = tqdm(total=event.total_tiles, unit="tile", disable=args.quiet,
+                       dynamic_ncols=True)  # fmt: skip
+            _say(bar, args.quiet, f"{event.path}: {event.shape} on {event.device}, "
+                 f"start layers {_span(event.start_layers)}, "
+                 f"{event.done_chunks}/{event.total_chunks} chunks already done")  # fmt: skip
+        elif isinstance(event, BatchDone) and bar is not None:
+            bar.n = event.done
+            bar.set_postfix(tiles_s=f"{event.tiles_per_s:.1f}")
+            bar.refresh()
+        elif isinstance(event, PredictFinished):
+            if bar is not None:
+                bar.close()
+            print(f"{event.path}: {event.tiles} tiles in {event.seconds:.1f} s "
+                  f"({event.tiles_per_s:.1f} tiles/s)")  # fmt: skip
+    if args.format != "zarr":
+        folder = args.out.with_name(args.out.name.split(".")[0] + f"_{args.format}")
+        files = export_prediction(args.out, folder, format=args.format)
+        print(f"{len(files)} images in {folder}")
+    return 0
+
+
+def _span(starts: Sequence[int]) -> str:
+    return f"{starts[0]}..{starts[-1]}" if len(starts) > 1 else str(starts[0])
+
+
+def _ints(text: str, n: int, flag: str) -> tuple[int, ...]:
+    from napari_inkdetect.errors import ConfigError
+
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise ConfigError(f"{flag} {text!r}: expected {n} comma-separated integers")
+    return values
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from napari_inkdetect.evaluation import evaluate_prediction
+
+    rows = evaluate_prediction(args.prediction, args.truth, args.region_mask, args.start_layer)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'start':>5} {'F0.5@0.5':>9} {'prec':>6} {'recall':>6} {'best F0.5':>9} {'at':>5}")
+    for row in rows:
+        start = "-" if row["start_layer"] is None else row["start_layer"]
+        print(f"{start:>5} {row['f05']:9.3f} {row['precision']:6.3f} {row['recall']:6.3f} "
+              f"{row['best_f05']:9.3f} {row['best_threshold']:5.2f}")  # fmt: skip
     return 0
 
 

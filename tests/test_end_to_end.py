@@ -1,0 +1,74 @@
+"""The whole loop on the synthetic segment: train on 3 letters, predict a sweep of start
+layers, and check that the model finds the *other* letters better than intensity thresholding
+and that its ink lights up where the crackle lives in depth."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from napari_inkdetect.inference import PredictConfig, open_prediction, run_prediction
+from napari_inkdetect.io.segment import open_segment
+from napari_inkdetect.metrics import score
+from napari_inkdetect.synthetic import make_segment, write_segment
+from napari_inkdetect.training import AugmentConfig, LossConfig, TrainConfig, Validated, train
+from napari_inkdetect.windows import WindowSpec
+
+STEPS = 600
+LAYERS = 22
+
+
+def threshold_baseline(segment, start: int, labels: np.ndarray) -> float:
+    """Best F0.5 of thresholding intensity: each layer of the window and their mean."""
+    raw = segment.read_block((start, start + LAYERS), (0, labels.shape[0]), (0, labels.shape[1]))
+    norm = WindowSpec(layers=LAYERS, tile=32).normalisation.apply(raw)
+    candidates = [*norm, norm.mean(0)]
+    best = 0.0
+    for image in candidates:
+        scaled = (image - image.min()) / max(float(image.max() - image.min()), 1e-6)
+        best = max(best, score(scaled, labels).best_f05, score(1 - scaled, labels).best_f05)
+    return best
+
+
+@pytest.mark.slow
+def test_train_then_predict_finds_held_out_letters_at_the_ink_depth(tmp_path):
+    seg = make_segment(shape=(64, 256, 384))  # real segments have ~65 layers
+    folder = write_segment(seg, tmp_path, "syn")
+    z0, z1 = seg.ink_layers
+    start = max(0, z0 - 8)  # a window that holds the whole ink band
+    assert start + LAYERS >= z1
+    config = TrainConfig(
+        segment=str(folder), labels=str(folder / "syn_train_labels.png"),
+        out=str(tmp_path / "run"),
+        val_labels=str(folder / "syn_validation_labels.png"), arch="resnet10", width=0.125,
+        start_layer=start, layers=LAYERS, tile=128, batch_size=4, steps=STEPS, lr=1e-3,
+        val_every=STEPS // 2, augment=replace(AugmentConfig.none(), flips=True, rot90=True),
+        loss=LossConfig(label_smoothing=0.1), device="cpu", seed=0,
+    )  # fmt: skip
+    validations = [e for e in train(config) if isinstance(e, Validated)]
+    assert [v.step for v in validations] == [STEPS // 2, STEPS]
+
+    starts = [0, start, 24, 33, 42]  # 33 and 42: windows entirely below the ink band
+    assert z1 < 33 and 42 + LAYERS <= 64
+    out = run_prediction(
+        PredictConfig(segment=str(folder), checkpoint=str(tmp_path / "run" / "best.safetensors"),
+                      out=str(tmp_path / "pred.zarr"), start_layers=starts, device="cpu",
+                      region=(0, 0, 256, 384))
+    )  # fmt: skip
+    prob, prov = open_prediction(out)
+    assert list(prov["start_layers"]) == starts and prob.shape == (5, 256, 384)
+    planes = np.asarray(prob)
+
+    val = seg.validation_labels(3)
+    model = score(planes[starts.index(start)], val).best_f05
+    baseline = threshold_baseline(open_segment(folder), start, val)
+    print(f"held-out letters: model F0.5 {model:.3f}, thresholding {baseline:.3f}")
+    assert model >= baseline + 0.15
+
+    # ink contrast (mean probability on ink minus on papyrus) per start layer
+    contrast = [p[val == 1].mean() / 255 - p[val == 2].mean() / 255 for p in planes]
+    print("contrast per start layer:", dict(zip(starts, np.round(contrast, 3), strict=True)))
+    assert int(np.argmax(contrast)) == starts.index(start)
+    assert contrast[starts.index(start)] > max(contrast[3], contrast[4]) + 0.1
