@@ -14,6 +14,11 @@ CORE_MODULES = [
     "napari_inkdetect.sample",
     "napari_inkdetect.cli",
     "napari_inkdetect.models",
+    "napari_inkdetect.training",
+    "napari_inkdetect.inference",
+    "napari_inkdetect.evaluation",
+    "napari_inkdetect.processes",
+    "napari_inkdetect.metrics",
 ]
 GUI_MODULES = (
     "qtpy",
