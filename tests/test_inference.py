@@ -240,13 +240,14 @@ def test_tta_on_a_constant_model_changes_nothing(data, tmp_path):
 
 
 def test_depth_reversal_and_checkpoint_direction(data, tmp_path, pointwise):
-    run_prediction(_config(data, tmp_path / "f.zarr", region=(0, 0, 96, 96)))
+    seg = str(data["unmasked"])  # every pixel predicted
+    run_prediction(_config(data, tmp_path / "f.zarr", region=(0, 0, 96, 96), segment=seg))
     run_prediction(_config(data, tmp_path / "r.zarr", region=(0, 0, 96, 96),
-                           depth_direction="reverse"))  # fmt: skip
+                           depth_direction="reverse", segment=seg))  # fmt: skip
     f, r = _prob(tmp_path / "f.zarr").astype(int), _prob(tmp_path / "r.zarr").astype(int)
     assert np.abs(f + r - 255).max() <= 1
     pointwise.info.depth_reverse = True
-    run_prediction(_config(data, tmp_path / "auto.zarr", region=(0, 0, 96, 96)))
+    run_prediction(_config(data, tmp_path / "auto.zarr", region=(0, 0, 96, 96), segment=seg))
     np.testing.assert_array_equal(_prob(tmp_path / "auto.zarr"), r)
 
 
@@ -341,3 +342,16 @@ def _read_tif(path: Path) -> np.ndarray:
     import tifffile
 
     return tifffile.imread(path)
+
+
+def test_output_is_zero_off_the_papyrus_mask(data, tmp_path):
+    from napari_inkdetect.io.segment import open_segment
+
+    cfg = _config(data, tmp_path / "m.zarr", checkpoint=str(data["constant"]))
+    run_prediction(cfg)
+    prob, prov = inference.open_prediction(tmp_path / "m.zarr")
+    y0, x0, y1, x1 = prov["region"]
+    mask = open_segment(cfg.segment).read_mask()[y0:y1, x0:x1]
+    planes = np.asarray(prob)
+    assert (planes[:, ~mask] == 0).all()
+    assert (np.abs(planes[:, mask].astype(int) - CONSTANT_U8) <= 1).all()

@@ -235,6 +235,7 @@ class PredictJob:
     stride: int  # volume px
     chunk: int  # volume px
     tiles: np.ndarray  # (Ky, Kx) bool: tile position touches the mask
+    region_mask: np.ndarray | None  # (H, W) bool papyrus mask of the region; output 0 outside
     weight: np.ndarray  # (e, e) float32 blending weight
     transforms: tuple[tuple[int, bool], ...]  # TTA: (rot90 k, flip W)
 
@@ -428,6 +429,9 @@ def open_job(config: PredictConfig) -> PredictJob:
     chunk = config.chunk or 8 * spec.extent
     chunk = max(stride, round(chunk / stride) * stride)
     tiles = _tile_mask(mask, region, spec.extent, stride)
+    region_mask = (
+        None if mask is None else mask[region[0] : region[2], region[1] : region[3]].copy()
+    )
     del mask
     if not tiles.any():
         raise ConfigError(
@@ -451,6 +455,7 @@ def open_job(config: PredictConfig) -> PredictJob:
         stride=stride,
         chunk=chunk,
         tiles=tiles,
+        region_mask=region_mask,
         weight=blend_weight(spec.extent),
         transforms=_tta_transforms(config.tta_flips, config.tta_rot90),
     )
@@ -725,6 +730,7 @@ class _Accumulator:
         y0, x0, y1, x1 = self.box
         self.sum = np.zeros((len(job.start_layers), y1 - y0, x1 - x0), np.float32)
         self.weight = np.zeros((y1 - y0, x1 - x0), np.float32)
+        self.mask = None if job.region_mask is None else job.region_mask[y0:y1, x0:x1]
 
     def add(self, job: PredictJob, ky: int, kx: int, i: int, j: int, prob: np.ndarray) -> None:
         e, (y0, x0, y1, x1) = job.spec.extent, self.box
@@ -739,8 +745,9 @@ class _Accumulator:
             self.weight[local] += w
 
     def result(self) -> np.ndarray:
-        """Blended probabilities; 0 where no tile was run (outside the mask)."""
-        out = np.divide(self.sum, self.weight, out=np.zeros_like(self.sum), where=self.weight > 0)
+        """Blended probabilities; 0 outside the papyrus mask (no ink off the papyrus)."""
+        valid = self.weight > 0 if self.mask is None else (self.weight > 0) & self.mask
+        out = np.divide(self.sum, self.weight, out=np.zeros_like(self.sum), where=valid)
         return np.clip(out, 0.0, 1.0, out=out)
 
 
