@@ -1,0 +1,299 @@
+"""Crackle labels dock: paint ink / not-ink on a 2-D layer aligned with a volume, load and save.
+
+Thin by design: file semantics live in ``io.labels`` / ``io.segment`` and the npe2 writer; the
+dock only aligns layers, binds keys, shows counts and turns our errors into notifications.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_inkdetect._napari_layers import labels_kwargs
+from napari_inkdetect._writer import write_labels_layer
+from napari_inkdetect.errors import InkDetectError
+from napari_inkdetect.io.labels import (
+    INK,
+    NOT_INK,
+    VillaPaths,
+    label_counts,
+    read_labels,
+    read_villa_labels,
+)
+from napari_inkdetect.io.segment import open_segment, read_segment_labels
+
+if TYPE_CHECKING:
+    import napari
+
+COUNTS_DELAY_MS = 300  # a bincount over a 13k x 17k layer takes ~0.3 s: run it once painting stops
+BRUSH_SIZE = 20  # data px: about one crackle stroke wide, small enough for letter edges
+SEGMENT_KEY = "inkdetect_segment"
+HELP = (
+    "Keys on a labels layer: <b>I</b> ink (red), <b>N</b> not ink (cyan), "
+    "<b>E</b> eraser, <b>[</b> / <b>]</b> brush size.<br>"
+    "Save as <i>&lt;id&gt;_inklabels.png</i> to write the villa pair "
+    "(+ <i>_supervision_mask.png</i>); any other name keeps 0/1/2."
+)
+FILE_FILTER = "Label images (*.png *.tif *.tiff)"
+
+
+def paint_ink(layer: Labels) -> None:
+    """Brush with ink (1): the I key."""
+    layer.selected_label = INK
+    layer.mode = "paint"
+
+
+def paint_not_ink(layer: Labels) -> None:
+    """Brush with not ink (2): the N key."""
+    layer.selected_label = NOT_INK
+    layer.mode = "paint"
+
+
+def erase(layer: Labels) -> None:
+    """Eraser back to unlabeled: the E key (napari's own, rebound so it works on every layer)."""
+    layer.mode = "erase"
+
+
+SHORTCUTS = {"I": paint_ink, "N": paint_not_ink, "E": erase}
+
+
+def bind_shortcuts(layer: Labels) -> None:
+    """Bind I / N / E on the layer itself; none clashes with napari's Labels defaults."""
+    for key, func in SHORTCUTS.items():
+        layer.bind_key(key, func, overwrite=True)
+
+
+class CrackleLabelsWidget(QWidget):
+    """Make, paint, count, load and save ink labels for the selected volume."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self._counted: Labels | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(COUNTS_DELAY_MS)
+        self._timer.timeout.connect(self.update_counts)
+        self._build()
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._on_layers_changed)
+        layers.events.removed.connect(self._on_layers_changed)
+        layers.events.moved.connect(self._on_layers_changed)
+        for layer in layers:
+            layer.events.name.connect(self._on_layers_changed)
+        self._on_layers_changed()
+
+    def _build(self) -> None:
+        self.volume_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        self.new_button = QPushButton("New crackle labels")
+        self.load_button = QPushButton("Load…")
+        self.save_button = QPushButton("Save…")
+        self.counts_label = QLabel()
+        self.help_label = QLabel(HELP)
+        self.help_label.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("Volume", self.volume_combo)
+        form.addRow("Labels", self.labels_combo)
+        files = QHBoxLayout()
+        files.addWidget(self.load_button)
+        files.addWidget(self.save_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.new_button)
+        layout.addLayout(files)
+        layout.addWidget(self.counts_label)
+        layout.addWidget(self.help_label)
+        layout.addStretch()
+        self.new_button.clicked.connect(self.new_labels)
+        self.load_button.clicked.connect(self._on_load_clicked)
+        self.save_button.clicked.connect(self._on_save_clicked)
+        self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
+
+    # -- layer choices -------------------------------------------------------------------------
+
+    @property
+    def volume(self) -> Image | None:
+        """The volume new and loaded labels align with."""
+        return self.volume_combo.currentData()
+
+    @property
+    def labels(self) -> Labels | None:
+        """The labels layer that is counted and saved."""
+        return self.labels_combo.currentData()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", None) == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        volumes = [ly for ly in self.viewer.layers if isinstance(ly, Image)]
+        volumes.sort(key=lambda ly: SEGMENT_KEY not in ly.metadata)  # our volumes first
+        _fill(self.volume_combo, volumes)
+        _fill(self.labels_combo, [ly for ly in self.viewer.layers if isinstance(ly, Labels)])
+        self.new_button.setEnabled(bool(volumes))
+
+    def _on_labels_changed(self, index: int = -1) -> None:
+        """Count the chosen layer, recount when it is painted, and give it the shortcuts."""
+        if self._counted is not None:
+            for emitter in _paint_events(self._counted):
+                emitter.disconnect(self._schedule_counts)
+        self._counted = self.labels
+        if self._counted is not None:
+            bind_shortcuts(self._counted)
+            for emitter in _paint_events(self._counted):
+                emitter.connect(self._schedule_counts)
+        self.update_counts()
+
+    def _select(self, layer: Labels) -> None:
+        self.labels_combo.setCurrentIndex(_index_of(self.labels_combo, layer))
+        self.viewer.layers.selection.active = layer
+
+    # -- counts --------------------------------------------------------------------------------
+
+    def _schedule_counts(self, event: Any = None) -> None:
+        self._timer.start()  # restarts: one bincount after the last stroke, not one per stroke
+
+    def update_counts(self) -> None:
+        """Show pixels per class of the chosen labels layer."""
+        layer = self.labels
+        if layer is None:
+            self.counts_label.setText("No labels layer")
+            return
+        data = layer.data[0] if layer.multiscale else layer.data
+        counts = label_counts(np.asarray(data))
+        self.counts_label.setText(
+            f"<span style='color:#ff2a2a'>■</span> ink: {counts['ink']:,} px &nbsp; "
+            f"<span style='color:#2ad4ff'>■</span> not ink: {counts['not ink']:,} px"
+        )
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def new_labels(self) -> Labels | None:
+        """An empty labels layer over the volume's Y/X, ready to paint ink."""
+        volume = self._require_volume()
+        if volume is None:
+            return None
+        data = np.zeros(_plane_shape(volume), np.uint8)
+        return self._add(data, f"{volume.name} crackle labels", volume, {})
+
+    def load(self, path: str | Path) -> Labels | None:
+        """Add labels from a file (0/1/2, Kaggle binary with the segment's mask, or villa pair)."""
+        volume = self._require_volume()
+        if volume is None:
+            return None
+        path = Path(path)
+        try:
+            data = _read_for(volume, path)
+        except (InkDetectError, OSError) as err:
+            show_error(str(err))
+            return None
+        return self._add(data, path.stem, volume, {"source": str(path)})
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write the chosen layer: villa pair for ``*_inklabels.png``, 0/1/2 otherwise."""
+        layer = self.labels
+        if layer is None:
+            show_error("No labels layer to save: make or load one first")
+            return []
+        data = layer.data[0] if layer.multiscale else layer.data
+        try:
+            written = [Path(p) for p in write_labels_layer(str(path), data, layer.metadata)]
+        except (InkDetectError, OSError) as err:
+            show_error(str(err))
+            return []
+        layer.metadata["source"] = str(written[0])
+        show_info("Saved " + ", ".join(p.name for p in written))
+        return written
+
+    def _require_volume(self) -> Image | None:
+        if self.volume is None:
+            show_error("No volume layer: open a segment first (drag its folder onto napari)")
+        return self.volume
+
+    def _add(self, data: np.ndarray, name: str, volume: Image, meta: dict) -> Labels:
+        metadata = {SEGMENT_KEY: volume.metadata.get(SEGMENT_KEY), "volume": volume.name, **meta}
+        layer = self.viewer.add_labels(
+            data,
+            **labels_kwargs(name, metadata),
+            scale=volume.scale[-2:],
+            translate=volume.translate[-2:],
+        )
+        layer.brush_size = BRUSH_SIZE
+        paint_ink(layer)
+        self._select(layer)
+        return layer
+
+    def _on_load_clicked(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load labels", self._folder(), FILE_FILTER)
+        if path:
+            self.load(path)
+
+    def _on_save_clicked(self) -> None:
+        layer = self.labels
+        name = layer.name.replace(" ", "_") + ".png" if layer is not None else "labels.png"
+        start = str(Path(self._folder()) / name)
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels", start, FILE_FILTER)
+        if path:
+            self.save(path)
+
+    def _folder(self) -> str:
+        """The segment's folder: labels saved there open with the segment next time."""
+        segment = self.volume.metadata.get(SEGMENT_KEY) if self.volume is not None else None
+        if not segment:
+            return ""
+        folder = Path(segment)
+        return str(folder if folder.is_dir() else folder.parent)
+
+
+def _fill(combo: QComboBox, layers: list) -> None:
+    """Refill a combo with layers, keeping the current choice when it still exists."""
+    current = combo.currentData()
+    combo.blockSignals(True)
+    combo.clear()
+    for layer in layers:
+        combo.addItem(layer.name, layer)
+    index = _index_of(combo, current)
+    combo.setCurrentIndex(index if index >= 0 else (0 if layers else -1))
+    combo.blockSignals(False)
+    if combo.currentData() is not current:
+        combo.currentIndexChanged.emit(combo.currentIndex())
+
+
+def _index_of(combo: QComboBox, layer: Any) -> int:
+    """Index by identity: Qt cannot compare Python objects stored as item data."""
+    found = [i for i in range(combo.count()) if combo.itemData(i) is layer]
+    return found[0] if found and layer is not None else -1
+
+
+def _paint_events(layer: Labels) -> list:
+    return [layer.events.paint, layer.events.data, layer.events.labels_update]
+
+
+def _plane_shape(volume: Image) -> tuple[int, int]:
+    """Full-resolution (Y, X) of a plain or multiscale volume."""
+    return tuple(int(s) for s in volume.level_shapes[0][-2:])
+
+
+def _read_for(volume: Image, path: Path) -> np.ndarray:
+    """Labels for this volume: the segment's mask applies to binary files; villa pairs as such."""
+    segment = volume.metadata.get(SEGMENT_KEY)
+    if segment:
+        return read_segment_labels(open_segment(segment), path)
+    villa = VillaPaths.from_inklabels(path)
+    if villa.supervision_mask.exists():
+        return read_villa_labels(villa, shape=_plane_shape(volume))[0]
+    return read_labels(path, shape=_plane_shape(volume))
