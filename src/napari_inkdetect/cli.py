@@ -200,8 +200,17 @@ def _view(args: argparse.Namespace) -> int:
         )
     viewer = napari.Viewer(title=f"napari-inkdetect: {title}")
     _add_layers(viewer, layers)
+    add_docks(viewer)
     napari.run()
     return 0
+
+
+DOCKS = ("Crackle labels", "Finetune")
+
+
+def add_docks(viewer) -> list:
+    """The plugin's docks, as a user would open them from the Plugins menu."""
+    return [viewer.window.add_plugin_dock_widget("napari-inkdetect", name)[1] for name in DOCKS]
 
 
 def _add_layers(viewer, layers) -> None:

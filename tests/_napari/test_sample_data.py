@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 
 from napari_inkdetect._sample_data import make_sample_segment
-from napari_inkdetect.cli import _add_layers
+from napari_inkdetect.cli import _add_layers, add_docks
 from napari_inkdetect.io.labels import INK, NOT_INK
 
 
@@ -36,7 +36,14 @@ def test_open_sample_adds_lazy_volume_and_labels(make_napari_viewer, tmp_path):
     assert reds.mean() > 0.002  # the painted ink letters are visible
 
 
-def test_view_command_selects_labels_for_painting(make_napari_viewer):
+def test_view_command_selects_labels_for_painting_and_opens_docks(make_napari_viewer):
     viewer = make_napari_viewer()
     _add_layers(viewer, make_sample_segment())
     assert viewer.layers.selection.active.name == "synthetic train labels"
+    labels_dock, finetune_dock = add_docks(viewer)
+    assert type(labels_dock).__name__ == "CrackleLabelsWidget"
+    assert type(finetune_dock).__name__ == "FinetuneWidget"
+    assert set(viewer.window.dock_widgets) >= {
+        "Crackle labels (Ink Detect)",
+        "Finetune (Ink Detect)",
+    }

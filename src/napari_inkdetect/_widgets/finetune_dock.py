@@ -1,0 +1,671 @@
+"""Finetune dock: train a model on the painted labels in a child process, with live progress.
+
+Thin by design: the dock maps widget values to a :class:`~napari_inkdetect.training.TrainConfig`
+(saving the painted labels to files the engine reads), relays the engine's events from
+:func:`~napari_inkdetect.processes.run_in_child` through a napari ``thread_worker`` and turns
+them into UI updates on the GUI thread. Stopping goes through the run's ``threading.Event``:
+``quit()`` would only abandon the generator at its next yield and leave the child running.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QEvent, QPointF, QRectF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import (
+    QAbstractSpinBox,
+    QButtonGroup,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_inkdetect.devices import available_devices
+from napari_inkdetect.errors import InkDetectError
+from napari_inkdetect.io.labels import write_labels
+from napari_inkdetect.models import list_models
+from napari_inkdetect.processes import run_in_child
+from napari_inkdetect.training import (
+    BatchHalved,
+    CheckpointSaved,
+    StepDone,
+    TrainConfig,
+    TrainFinished,
+    TrainStarted,
+    Validated,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+TARGET = "napari_inkdetect.training:train"
+SEGMENT_KEY = "inkdetect_segment"
+NO_VALIDATION = "(automatic split)"
+TRAIN_PARTS = ("all", "decoder", "decoder+last")
+AUTOCAST = ("auto", "off", "bf16", "fp16")
+DEFAULT_RUNS = Path.home() / "inkdetect-runs"
+CHECKPOINT_FILTER = "Checkpoints (*.safetensors *.pt *.pth *.ckpt *.bin);;All files (*)"
+
+
+def relay_training(config: TrainConfig, stop: threading.Event) -> Iterator[Any]:
+    """The worker's generator: the engine's events from a spawned child, one yield each."""
+    yield from run_in_child(TARGET, config, stop)
+
+
+class TrainWorker(GeneratorWorker):
+    """A generator worker whose ``quit()`` asks the engine to stop instead of abandoning it.
+
+    napari calls ``quit()`` on running workers when its window closes; a plain quit would leave
+    ``run_in_child`` suspended with its child still training. Setting the stop event lets the
+    generator run to ``TrainFinished`` (last checkpoint saved) and end by itself.
+    """
+
+    stop_event: threading.Event | None = None
+
+    def quit(self) -> None:
+        """Ask the engine to stop after its current step."""
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+
+@dataclass
+class _RunState:
+    """Plain state the widget's ``destroyed`` handler may touch after the Qt object is gone."""
+
+    stop: threading.Event | None = None
+    alive: bool = True
+
+    def on_destroyed(self, *_: Any) -> None:
+        """The dock (or its viewer) is gone: stop the run, and ignore its remaining events."""
+        self.alive = False
+        if self.stop is not None:
+            self.stop.set()
+
+
+class LossPlot(QWidget):
+    """A live loss curve (polyline) with validation F0.5 points, drawn with QPainter.
+
+    No plotting dependency: thousands of steps are decimated to the widget's width.
+    """
+
+    LOSS_COLOR = QColor("#ffa040")
+    F05_COLOR = QColor("#40d0ff")
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(110)
+        self.losses: list[tuple[int, float]] = []
+        self.f05: list[tuple[int, float]] = []
+        self.total = 1
+
+    def clear(self, total: int = 1) -> None:
+        """Start a new run of ``total`` steps."""
+        self.losses, self.f05, self.total = [], [], max(1, total)
+        self.update()
+
+    def add_loss(self, step: int, loss: float) -> None:
+        """Append one step's training loss."""
+        if math.isfinite(loss):
+            self.losses.append((step, loss))
+            self.update()
+
+    def add_f05(self, step: int, f05: float) -> None:
+        """Append one validation F0.5 (plotted on a fixed 0..1 scale)."""
+        self.f05.append((step, f05))
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:
+        """Frame, loss polyline (own min..max scale), F0.5 dots (0..1) and the last values."""
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        pad = 6
+        font_h = painter.fontMetrics().height()
+        plot = QRectF(pad, pad + font_h, self.width() - 2 * pad, self.height() - 2 * pad - font_h)
+        painter.setPen(QPen(self.palette().mid().color(), 1))
+        painter.drawRect(plot)
+        self._draw_loss(painter, plot)
+        self._draw_f05(painter, plot)
+        self._draw_text(painter, pad, font_h)
+        painter.end()
+
+    def _x(self, plot: QRectF, step: int) -> float:
+        return plot.left() + plot.width() * step / self.total
+
+    def _draw_loss(self, painter: QPainter, plot: QRectF) -> None:
+        if not self.losses:
+            return
+        stride = max(1, len(self.losses) // max(1, int(plot.width())))
+        points = self.losses[::stride] + ([self.losses[-1]] if stride > 1 else [])
+        values = [v for _, v in self.losses]
+        lo, hi = min(values), max(values)
+        span = (hi - lo) or 1.0
+        line = QPolygonF(
+            [
+                QPointF(self._x(plot, s), plot.bottom() - plot.height() * (v - lo) / span)
+                for s, v in points
+            ]
+        )
+        painter.setPen(QPen(self.LOSS_COLOR, 1.5))
+        painter.drawPolyline(line)
+        if len(points) == 1:
+            painter.drawEllipse(line[0], 2, 2)
+
+    def _draw_f05(self, painter: QPainter, plot: QRectF) -> None:
+        painter.setPen(QPen(self.F05_COLOR, 1))
+        painter.setBrush(self.F05_COLOR)
+        for step, f05 in self.f05:
+            y = plot.bottom() - plot.height() * min(max(f05, 0.0), 1.0)
+            painter.drawEllipse(QPointF(self._x(plot, step), y), 3, 3)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+
+    def _draw_text(self, painter: QPainter, pad: int, font_h: int) -> None:
+        baseline = pad + font_h - painter.fontMetrics().descent()
+        if self.losses:
+            painter.setPen(self.LOSS_COLOR)
+            painter.drawText(pad, baseline, f"loss {self.losses[-1][1]:.4f}")
+        if self.f05:
+            text = f"val F0.5 {self.f05[-1][1]:.3f} (best {max(f for _, f in self.f05):.3f})"
+            painter.setPen(self.F05_COLOR)
+            width = painter.fontMetrics().horizontalAdvance(text)
+            painter.drawText(self.width() - pad - width, baseline, text)
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def _double(lo: float, hi: float, value: float, step: float, decimals: int) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setDecimals(decimals)
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def _combo(items: list[str] | tuple[str, ...], current: str | None = None) -> QComboBox:
+    box = QComboBox()
+    box.addItems(list(items))
+    if current is not None:
+        box.setCurrentText(current)
+    return box
+
+
+class FinetuneWidget(QWidget):
+    """Finetune a model on the painted labels; Finetune becomes Stop while a run goes on.
+
+    ``build_config()`` maps the widget to a ``TrainConfig`` (writing the labels layers to the
+    run folder), ``start()`` runs it in a child process, ``stop()`` asks it to stop. After a
+    run, ``last_checkpoint`` holds the best checkpoint (the Predict dock preselects it).
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: TrainWorker | None = None
+        self.config: TrainConfig | None = None
+        self.last_checkpoint: Path | None = None
+        self.finished_event: TrainFinished | None = None
+        self._state = _RunState()
+        self._device = ""
+        self._follow_slider = True
+        self._build_ui()
+        self._refresh_layers()
+        self._on_volume_changed()
+        self._connect()
+        # A plain function of plain state: it must work after the Qt object is deleted.
+        self.destroyed.connect(self._state.on_destroyed)
+
+    # ------------------------------------------------------------------ layout
+
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        layout.addLayout(self._data_form())
+        layout.addLayout(self._model_form())
+        layout.addLayout(self._training_form())
+        layout.addWidget(self._advanced_section())
+        self.run_button = QPushButton("Finetune")
+        layout.addWidget(self.run_button)
+        layout.addLayout(self._progress_rows())
+        layout.addStretch(1)
+
+    def _data_form(self) -> QFormLayout:
+        form = QFormLayout()
+        self.volume_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        self.val_combo = QComboBox()
+        self.val_combo.setToolTip("held-out labels; by default some labelled regions are held out")
+        form.addRow("Volume", self.volume_combo)
+        form.addRow("Labels", self.labels_combo)
+        form.addRow("Validation", self.val_combo)
+        return form
+
+    def _model_form(self) -> QFormLayout:
+        form = QFormLayout()
+        self.new_radio = QRadioButton("New")
+        self.checkpoint_radio = QRadioButton("Checkpoint")
+        self.new_radio.setChecked(True)
+        self._model_group = QButtonGroup(self)
+        self._model_group.addButton(self.new_radio)
+        self._model_group.addButton(self.checkpoint_radio)
+        self.arch_combo = _combo(list_models(), "resnet10")
+        self.width_spin = _double(0.0625, 2.0, 1.0, 0.125, 4)
+        self.width_spin.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)  # "0.0625" fits
+        self.width_spin.setToolTip("channel width multiplier: 0.125-0.25 train on a CPU")
+        new_row = QHBoxLayout()
+        new_row.addWidget(self.new_radio)
+        new_row.addWidget(self.arch_combo, 1)
+        new_row.addWidget(QLabel("width"))
+        new_row.addWidget(self.width_spin)
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("Kinetics, Kaggle or our own .safetensors")
+        self.browse_checkpoint = QPushButton("...")
+        self.browse_checkpoint.setMaximumWidth(30)
+        ckpt_row = QHBoxLayout()
+        ckpt_row.addWidget(self.checkpoint_radio)
+        ckpt_row.addWidget(self.checkpoint_edit, 1)
+        ckpt_row.addWidget(self.browse_checkpoint)
+        form.addRow("Model", new_row)
+        form.addRow("", ckpt_row)
+        self._on_model_source_changed()
+        return form
+
+    def _training_form(self) -> QFormLayout:
+        form = QFormLayout()
+        self.start_spin = _spin(0, 0, 0)
+        self.start_spin.setToolTip("first layer of the window; follows the depth slider")
+        self.slider_button = QPushButton("from slider")
+        start_row = QHBoxLayout()
+        start_row.addWidget(self.start_spin, 1)
+        start_row.addWidget(self.slider_button)
+        self.layers_spin = _spin(1, 256, 22)
+        self.scale_spin = _double(0.1, 8.0, 1.0, 0.1, 3)
+        self.scale_spin.setToolTip("in-plane zoom; fragment-trained models need ~2.44 on scrolls")
+        self.steps_spin = _spin(1, 10_000_000, 1000, 100)
+        self.batch_spin = _spin(1, 1024, 8)
+        self.lr_spin = _double(1e-6, 1.0, 3e-4, 1e-4, 6)
+        self.train_combo = _combo(TRAIN_PARTS, "all")
+        self.train_combo.setToolTip("parts to train; the others stay frozen")
+        self.device_combo = _combo(available_devices())
+        for label, widget in (
+            ("Start layer", start_row),
+            ("Layers", self.layers_spin),
+            ("Scale", self.scale_spin),
+            ("Steps", self.steps_spin),
+            ("Batch", self.batch_spin),
+            ("Learning rate", self.lr_spin),
+            ("Train", self.train_combo),
+            ("Device", self.device_combo),
+        ):
+            form.addRow(label, widget)
+        return form
+
+    def _advanced_section(self) -> QCollapsible:
+        self.advanced = QCollapsible("Advanced")
+        inner = QWidget()
+        form = QFormLayout(inner)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.tile_spin = _spin(32, 2048, 256, 32)
+        self.val_every_spin = _spin(1, 1_000_000, 100, 10)
+        self.autocast_combo = _combo(AUTOCAST, "auto")
+        self.seed_spin = _spin(0, 2**31 - 1, 0)
+        self.runs_edit = QLineEdit(str(DEFAULT_RUNS))
+        self.runs_edit.setToolTip("each run gets its own <segment>-<time> folder in here")
+        self.browse_runs = QPushButton("...")
+        self.browse_runs.setMaximumWidth(30)
+        runs_row = QHBoxLayout()
+        runs_row.addWidget(self.runs_edit, 1)
+        runs_row.addWidget(self.browse_runs)
+        for label, widget in (
+            ("Tile", self.tile_spin),
+            ("Validate every", self.val_every_spin),
+            ("Autocast", self.autocast_combo),
+            ("Seed", self.seed_spin),
+            ("Run folder", runs_row),
+        ):
+            form.addRow(label, widget)
+        self.advanced.addWidget(inner)
+        return self.advanced
+
+    def _progress_rows(self) -> QVBoxLayout:
+        box = QVBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("%v / %m steps")
+        self.eta_label = QLabel("")
+        self.loss_plot = LossPlot()
+        self.status_label = QLabel("Paint ink (1) and not ink (2), then press Finetune.")
+        self.checkpoint_label = QLabel("")
+        for label in (self.status_label, self.checkpoint_label):
+            label.setWordWrap(True)
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        for widget in (
+            self.progress,
+            self.eta_label,
+            self.loss_plot,
+            self.status_label,
+            self.checkpoint_label,
+        ):
+            box.addWidget(widget)
+        return box
+
+    def _connect(self) -> None:
+        layers = self.viewer.layers.events
+        layers.inserted.connect(self._refresh_layers)
+        layers.removed.connect(self._refresh_layers)
+        self.viewer.dims.events.current_step.connect(self._on_slider_moved)
+        self.volume_combo.currentIndexChanged.connect(self._on_volume_changed)
+        self.new_radio.toggled.connect(self._on_model_source_changed)
+        self.start_spin.valueChanged.connect(self._on_start_edited)
+        self.slider_button.clicked.connect(self._follow_depth_slider)
+        self.browse_checkpoint.clicked.connect(self._choose_checkpoint)
+        self.browse_runs.clicked.connect(self._choose_runs_folder)
+        self.run_button.clicked.connect(self._on_run_clicked)
+
+    # ------------------------------------------------------------------ widget state
+
+    def _refresh_layers(self, event: Any = None) -> None:
+        """Refill the layer combos, keeping each choice while its layer exists."""
+        images = [x.name for x in self.viewer.layers if isinstance(x, Image)]
+        images.sort(key=lambda name: SEGMENT_KEY not in self.viewer.layers[name].metadata)
+        labels = [x.name for x in self.viewer.layers if isinstance(x, Labels)]
+        train = [n for n in labels if "train" in n] + labels
+        val = [n for n in labels if "validation" in n] + [NO_VALIDATION]
+        self._fill(self.volume_combo, images, images[:1])
+        self._fill(self.labels_combo, labels, train[:1])
+        self._fill(self.val_combo, [NO_VALIDATION, *labels], val[:1])
+
+    @staticmethod
+    def _fill(combo: QComboBox, names: list[str], preferred: list[str]) -> None:
+        current = combo.currentText()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(names)
+        combo.blockSignals(False)
+        if current in names:
+            combo.setCurrentText(current)
+        elif preferred:
+            combo.setCurrentText(preferred[0])
+        combo.currentIndexChanged.emit(combo.currentIndex())
+
+    def _on_volume_changed(self, *_: Any) -> None:
+        """The start layer ranges over the chosen volume's depth."""
+        layer = self._layer(self.volume_combo)
+        depth = int(layer.data.shape[0]) if layer is not None and layer.ndim == 3 else 1
+        self.start_spin.blockSignals(True)
+        self.start_spin.setMaximum(max(0, depth - 1))
+        self.start_spin.blockSignals(False)
+        if self._follow_slider:
+            self._follow_depth_slider()
+
+    def _on_slider_moved(self, event: Any = None) -> None:
+        if self._follow_slider:
+            self._follow_depth_slider()
+
+    def _follow_depth_slider(self) -> None:
+        """Start layer = the depth slider's position (until the user types another)."""
+        self._follow_slider = True
+        self.start_spin.blockSignals(True)
+        self.start_spin.setValue(int(self.viewer.dims.current_step[0]))
+        self.start_spin.blockSignals(False)
+
+    def _on_start_edited(self, value: int) -> None:
+        self._follow_slider = False
+
+    def _on_model_source_changed(self, *_: Any) -> None:
+        new = self.new_radio.isChecked()
+        self.arch_combo.setEnabled(new)
+        self.width_spin.setEnabled(new)
+        self.checkpoint_edit.setEnabled(not new)
+        self.browse_checkpoint.setEnabled(not new)
+
+    def _choose_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Start from checkpoint", "", CHECKPOINT_FILTER)
+        if path:
+            self.checkpoint_edit.setText(path)
+            self.checkpoint_radio.setChecked(True)
+
+    def _choose_runs_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Run folder", self.runs_edit.text())
+        if path:
+            self.runs_edit.setText(path)
+
+    def _layer(self, combo: QComboBox) -> Any:
+        name = combo.currentText()
+        return next((layer for layer in self.viewer.layers if layer.name == name), None)
+
+    # ------------------------------------------------------------------ config
+
+    def build_config(self) -> TrainConfig:
+        """The run the widget describes; writes the labels layers into a new run folder.
+
+        Raises ``InkDetectError`` (shown as a notification by ``start``) for missing layers or
+        labels the engine could not read.
+        """
+        volume, labels = self._layer(self.volume_combo), self._layer(self.labels_combo)
+        if volume is None or labels is None:
+            raise InkDetectError("choose a volume and a labels layer to train on")
+        segment = volume.metadata.get(SEGMENT_KEY)
+        if not segment:
+            raise InkDetectError(
+                f"{volume.name} has no segment on disk: "
+                "open the volume with napari-inkdetect's reader"
+            )
+        run_dir = self._new_run_dir(volume.metadata.get("segment_id") or volume.name)
+        val = self._layer(self.val_combo)
+        new_model = self.new_radio.isChecked()
+        return TrainConfig(
+            segment=str(segment),
+            labels=str(self._save_labels(labels, run_dir / "train_labels.png")),
+            out=str(run_dir),
+            val_labels=str(self._save_labels(val, run_dir / "validation_labels.png"))
+            if val is not None
+            else None,
+            init=None if new_model else (self.checkpoint_edit.text().strip() or None),
+            arch=self.arch_combo.currentText(),
+            width=self.width_spin.value(),
+            start_layer=self.start_spin.value(),
+            layers=self.layers_spin.value(),
+            scale=self.scale_spin.value(),
+            tile=self.tile_spin.value(),
+            steps=self.steps_spin.value(),
+            batch_size=self.batch_spin.value(),
+            lr=self.lr_spin.value(),
+            train=self.train_combo.currentText(),
+            device=self.device_combo.currentText(),
+            autocast=self.autocast_combo.currentText(),
+            val_every=self.val_every_spin.value(),
+            seed=self.seed_spin.value(),
+        )
+
+    def _new_run_dir(self, name: str) -> Path:
+        root = Path(self.runs_edit.text().strip() or DEFAULT_RUNS).expanduser()
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir, n = root / f"{name}-{stamp}", 1
+        while run_dir.exists():
+            n += 1
+            run_dir = root / f"{name}-{stamp}-{n}"
+        run_dir.mkdir(parents=True)
+        return run_dir
+
+    @staticmethod
+    def _save_labels(layer: Labels, path: Path) -> Path:
+        """The engine reads labels from files: save what is painted now (values checked)."""
+        return write_labels(path, np.asarray(layer.data))
+
+    # ------------------------------------------------------------------ run control
+
+    @property
+    def running(self) -> bool:
+        """Whether a run is in progress (its worker has not finished)."""
+        return self.worker is not None
+
+    def _on_run_clicked(self) -> None:
+        if self.running:
+            self.stop()
+        else:
+            self.start()
+
+    def start(self) -> TrainWorker | None:
+        """Build the config and start training in a child process; ``None`` if the input is
+        refused (the reason is shown as a notification)."""
+        if self.running:
+            return self.worker
+        try:
+            config = self.build_config()
+        except InkDetectError as exc:
+            self._show_error(str(exc))
+            return None
+        stop = threading.Event()
+        self._state.stop = stop
+        worker = create_worker(
+            relay_training,
+            config,
+            stop,
+            _worker_class=TrainWorker,
+            _start_thread=False,
+            _connect={
+                "yielded": self._on_event,
+                "errored": self._on_errored,
+                "finished": self._on_finished,
+            },
+        )
+        worker.stop_event = stop
+        self.worker, self.config = worker, config
+        self._reset_progress(config)
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Ask the engine to stop after its current step (it saves the last checkpoint)."""
+        if self._state.stop is not None:
+            self._state.stop.set()
+        if self.running:
+            self.run_button.setText("Stopping...")
+            self.run_button.setEnabled(False)
+            self.status_label.setText("Stopping after the current step...")
+
+    def _reset_progress(self, config: TrainConfig) -> None:
+        self.finished_event = None
+        self.run_button.setText("Stop")
+        self.progress.setRange(0, config.steps)
+        self.progress.setValue(0)
+        self.eta_label.setText("")
+        self.loss_plot.clear(config.steps)
+        self.checkpoint_label.setText("")
+        self.status_label.setText(f"Starting a training process ({config.device})...")
+
+    def _show_error(self, message: str) -> None:
+        self.status_label.setText(f"Error: {message}")
+        show_error(message)
+
+    # ------------------------------------------------------------------ events (GUI thread)
+
+    def _on_event(self, event: Any) -> None:
+        if not self._state.alive:
+            return
+        handler = {
+            TrainStarted: self._on_started,
+            StepDone: self._on_step,
+            Validated: self._on_validated,
+            CheckpointSaved: self._on_checkpoint,
+            BatchHalved: self._on_batch_halved,
+            TrainFinished: self._on_train_finished,
+        }.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _on_started(self, event: TrainStarted) -> None:
+        self.progress.setRange(0, event.total_steps)
+        self.progress.setValue(event.start_step)
+        self.loss_plot.clear(event.total_steps)
+        self._device = event.device
+        self.status_label.setText(
+            f"Training {event.params / 1e6:.2f}M parameters on {event.device}"
+        )
+
+    def _on_step(self, event: StepDone) -> None:
+        self.progress.setValue(event.step)
+        self.loss_plot.add_loss(event.step, event.loss)
+        self.eta_label.setText(
+            f"ETA {_format_eta(event.eta_s)}  |  {event.tiles_per_s:.1f} tiles/s  |  "
+            f"{self._device}"
+        )
+
+    def _on_validated(self, event: Validated) -> None:
+        self.loss_plot.add_f05(event.step, event.f05)
+
+    def _on_checkpoint(self, event: CheckpointSaved) -> None:
+        if event.kind == "best":
+            self.checkpoint_label.setText(f"best so far (step {event.step}): {event.path}")
+
+    def _on_batch_halved(self, event: BatchHalved) -> None:
+        self.status_label.setText(
+            f"Out of GPU memory: {event.accumulation} micro-batches of {event.new_batch} tiles"
+        )
+
+    def _on_train_finished(self, event: TrainFinished) -> None:
+        self.finished_event = event
+        self.last_checkpoint = Path(event.best_path or event.last_path)
+        how = "Stopped" if event.stopped else "Finished"
+        self.status_label.setText(f"{how} after {event.steps} steps in {event.seconds:.0f} s")
+        self.checkpoint_label.setText(f"Checkpoint: {self.last_checkpoint}")
+
+    def _on_errored(self, exc: Exception) -> None:
+        """Our errors are one-line messages for the user; anything else names its type."""
+        if self._state.alive:
+            message = (
+                str(exc) if isinstance(exc, InkDetectError) else f"{type(exc).__name__}: {exc}"
+            )
+            self._show_error(message)
+
+    def _on_finished(self) -> None:
+        self._state.stop = None
+        self.worker = None
+        if not self._state.alive:
+            return
+        self.run_button.setText("Finetune")
+        self.run_button.setEnabled(True)
+
+    # ------------------------------------------------------------------ lifetime
+
+    def event(self, event: QEvent) -> bool:
+        """Removed from its dock (no parent any more): stop a run nobody can see."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self.running:
+            self.stop()
+        return super().event(event)
