@@ -44,6 +44,6 @@ def test_view_command_selects_labels_for_painting_and_opens_docks(make_napari_vi
     assert type(labels_dock).__name__ == "CrackleLabelsWidget"
     assert type(finetune_dock).__name__ == "FinetuneWidget"
     assert set(viewer.window.dock_widgets) >= {
-        "Crackle labels (Ink Detect)",
-        "Finetune (Ink Detect)",
+        "Crackle labels (napari-inkdetect)",
+        "Finetune (napari-inkdetect)",
     }
