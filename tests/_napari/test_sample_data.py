@@ -43,6 +43,13 @@ def test_view_command_selects_labels_for_painting_and_opens_docks(make_napari_vi
     labels_dock, finetune_dock = add_docks(viewer)
     assert type(labels_dock).__name__ == "CrackleLabelsWidget"
     assert type(finetune_dock).__name__ == "FinetuneWidget"
+    # the labels dock counts what the user paints, not the mask, and follows the layer list
+    assert labels_dock.labels.name == "synthetic train labels"
+    viewer.layers.selection.active = viewer.layers["synthetic validation labels"]
+    assert labels_dock.labels.name == "synthetic validation labels"
+    # on a CPU the finetune dock proposes sizes that finish in minutes
+    if finetune_dock.device_combo.currentText() == "cpu":
+        assert finetune_dock.width_spin.value() == 0.125 and finetune_dock.tile_spin.value() == 128
     assert set(viewer.window.dock_widgets) >= {
         "Crackle labels (napari-inkdetect)",
         "Finetune (napari-inkdetect)",

@@ -235,7 +235,9 @@ class FinetuneWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        # napari hands plugins a PublicOnlyProxy whose layers are new proxies on every access;
+        # the docks compare layers by identity, so they keep the viewer itself
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.worker: TrainWorker | None = None
         self.config: TrainConfig | None = None
         self.last_checkpoint: Path | None = None
@@ -359,7 +361,19 @@ class FinetuneWidget(QWidget):
         ):
             form.addRow(label, widget)
         self.advanced.addWidget(inner)
+        self.device_combo.currentTextChanged.connect(self._apply_device_preset)
+        self._apply_device_preset(self.device_combo.currentText())
         return self.advanced
+
+    def _apply_device_preset(self, device: str) -> None:
+        """Sizes that finish in minutes on the chosen device: a full-width model on a GPU,
+        a 1/8-width one on tiles of 128 on a CPU (about 2 minutes for 600 steps)."""
+        cpu = device == "cpu"
+        self.width_spin.setValue(0.125 if cpu else 1.0)
+        self.tile_spin.setValue(128 if cpu else 256)
+        self.steps_spin.setValue(600 if cpu else 1000)
+        self.batch_spin.setValue(4 if cpu else 8)
+        self.lr_spin.setValue(1e-3 if cpu else 3e-4)
 
     def _progress_rows(self) -> QVBoxLayout:
         box = QVBoxLayout()

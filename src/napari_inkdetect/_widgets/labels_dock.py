@@ -83,7 +83,9 @@ class CrackleLabelsWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        # napari hands plugins a PublicOnlyProxy whose layers are new proxies on every access;
+        # the docks compare layers by identity, so they keep the viewer itself
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self._counted: Labels | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -124,6 +126,8 @@ class CrackleLabelsWidget(QWidget):
         self.load_button.clicked.connect(self._on_load_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)
         self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
+        self.viewer.layers.selection.events.active.connect(self._on_active_changed)
+        self._on_active_changed()
 
     # -- layer choices -------------------------------------------------------------------------
 
@@ -143,8 +147,17 @@ class CrackleLabelsWidget(QWidget):
         volumes = [ly for ly in self.viewer.layers if isinstance(ly, Image)]
         volumes.sort(key=lambda ly: SEGMENT_KEY not in ly.metadata)  # our volumes first
         _fill(self.volume_combo, volumes)
-        _fill(self.labels_combo, [ly for ly in self.viewer.layers if isinstance(ly, Labels)])
+        labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels)]
+        # paintable labels first: a mask or an answer key is rarely what the user paints
+        labels.sort(key=lambda ly: ly.name.endswith((" mask", " truth")))
+        _fill(self.labels_combo, labels)
         self.new_button.setEnabled(bool(volumes))
+
+    def _on_active_changed(self, event: Any = None) -> None:
+        """Follow the layer list: selecting a Labels layer makes it the one counted."""
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Labels) and _index_of(self.labels_combo, active) >= 0:
+            self.labels_combo.setCurrentIndex(_index_of(self.labels_combo, active))
 
     def _on_labels_changed(self, index: int = -1) -> None:
         """Count the chosen layer, recount when it is painted, and give it the shortcuts."""
