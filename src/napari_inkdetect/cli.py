@@ -184,41 +184,10 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _view(args: argparse.Namespace) -> int:
-    import napari
+    from napari_inkdetect._napari_app import run_viewer
 
-    from napari_inkdetect._napari_layers import segment_layers
-    from napari_inkdetect.io.segment import open_segment
-
-    if args.segment is None:
-        from napari_inkdetect._sample_data import make_sample_segment
-
-        layers, title = make_sample_segment(), "synthetic crackle sample"
-    else:
-        layers, title = (
-            segment_layers(open_segment(args.segment, reverse=args.reverse)),
-            args.segment.name,
-        )
-    viewer = napari.Viewer(title=f"napari-inkdetect: {title}")
-    _add_layers(viewer, layers)
-    add_docks(viewer)
-    napari.run()
+    run_viewer(args.segment, reverse=args.reverse)
     return 0
-
-
-DOCKS = ("Crackle labels", "Finetune")
-
-
-def add_docks(viewer) -> list:
-    """The plugin's docks, as a user would open them from the Plugins menu."""
-    return [viewer.window.add_plugin_dock_widget("napari-inkdetect", name)[1] for name in DOCKS]
-
-
-def _add_layers(viewer, layers) -> None:
-    """Add layer tuples; the first editable labels layer is selected, ready to paint."""
-    added = [getattr(viewer, f"add_{kind}")(data, **kwargs) for data, kwargs, kind in layers]
-    paintable = [a for a in added if "train labels" in a.name or a.name.endswith("inklabels")]
-    if paintable:
-        viewer.layers.selection.active = paintable[0]
 
 
 def _models(args: argparse.Namespace) -> int:

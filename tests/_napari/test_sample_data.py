@@ -5,8 +5,8 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
+from napari_inkdetect._napari_app import add_docks, add_layers
 from napari_inkdetect._sample_data import make_sample_segment
-from napari_inkdetect.cli import _add_layers, add_docks
 from napari_inkdetect.io.labels import INK, NOT_INK
 
 
@@ -38,7 +38,7 @@ def test_open_sample_adds_lazy_volume_and_labels(make_napari_viewer, tmp_path):
 
 def test_view_command_selects_labels_for_painting_and_opens_docks(make_napari_viewer):
     viewer = make_napari_viewer()
-    _add_layers(viewer, make_sample_segment())
+    add_layers(viewer, make_sample_segment())
     assert viewer.layers.selection.active.name == "synthetic train labels"
     labels_dock, finetune_dock = add_docks(viewer)
     assert type(labels_dock).__name__ == "CrackleLabelsWidget"
