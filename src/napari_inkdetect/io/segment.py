@@ -112,12 +112,7 @@ class Segment:
 
     def cache_key(self) -> str:
         """A key that changes when any layer file changes (for on-disk caches)."""
-        h = hashlib.sha1(str(self.path.resolve()).encode())
-        for f in self.layer_files or (self.path,):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        h.update(str(self.reversed).encode())
-        return h.hexdigest()[:16]
+        return _fingerprint(self.path, self.layer_files, f"reversed={self.reversed}")
 
 
 def read_segment_labels(segment: Segment, path: Path) -> np.ndarray:
@@ -161,7 +156,7 @@ def open_segment(
     volume = da.from_array(
         source,
         chunks=(1, chunk, chunk),
-        name=f"inkdetect-volume-{_token(path, fields.get('layer_files', ()))}",
+        name=f"inkdetect-volume-{_fingerprint(path, fields.get('layer_files', ()))}",
         asarray=False,
         fancy=False,
         lock=False,
@@ -356,9 +351,12 @@ def _meta_voxel_size(folder: Path) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def _token(path: Path, files: tuple[Path, ...]) -> str:
+def _fingerprint(path: Path, files: tuple[Path, ...], *extra: str) -> str:
+    """Hash of the path and each layer file's name, size and mtime (headers only)."""
     h = hashlib.sha1(str(path.resolve()).encode())
-    for f in files[:1] + files[-1:]:
+    for f in files or (path,):
         st = f.stat()
-        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for item in extra:
+        h.update(item.encode())
     return h.hexdigest()[:16]
