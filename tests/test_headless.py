@@ -16,6 +16,7 @@ CORE_MODULES = [
     "napari_inkdetect.models",
     "napari_inkdetect.training",
     "napari_inkdetect.inference",
+    "napari_inkdetect.export",
     "napari_inkdetect.evaluation",
     "napari_inkdetect.processes",
     "napari_inkdetect.metrics",

@@ -14,7 +14,7 @@ from napari_inkdetect._napari_layers import LayerData, segment_layers
 from napari_inkdetect._sample_data import make_sample_segment
 from napari_inkdetect.io.segment import open_segment
 
-DOCKS = ("Crackle labels", "Finetune")
+DOCKS = ("Crackle labels", "Finetune", "Predict", "Export")
 
 
 def run_viewer(segment: Path | None = None, reverse: bool = False) -> None:

@@ -6,6 +6,8 @@ Plain data only (no napari import), so it stays cheap and testable.
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
 from typing import Any
 
 from napari_inkdetect.io.labels import INK, NOT_INK
@@ -18,6 +20,15 @@ LABEL_COLORS = {0: "transparent", INK: "#ff2a2a", NOT_INK: "#2ad4ff", None: "#ff
 MASK_COLORS = {0: "transparent", 1: "#ffffff", None: "#ffffff"}
 
 LayerData = tuple[Any, dict[str, Any], str]
+
+PREDICTION_KEY = "inkdetect_prediction"  # layer metadata: the prediction's zarr path
+#: transparent where p = 0, orange, then bright yellow: papyrus stays visible, ink stands out
+INK_COLORMAP = {
+    "name": "inkdetect-ink",
+    "colors": [[0, 0, 0, 0], [1.0, 0.25, 0.0, 0.55], [1.0, 0.6, 0.0, 0.85], [1.0, 1.0, 0.3, 1]],
+    "controls": [0.0, 0.35, 0.65, 1.0],
+}
+DEPTH_CONVENTION = "depth slider = first layer of the model's window"
 
 
 def segment_layers(segment: Segment) -> list[LayerData]:
@@ -86,3 +97,82 @@ def labels_kwargs(name: str, metadata: dict[str, Any] | None = None) -> dict[str
 def _label_files(segment: Segment) -> list[tuple[str, Any]]:
     files = [("inklabels", segment.inklabels_path)] if segment.inklabels_path else []
     return files + [(n.replace("_", " "), p) for n, p in sorted(segment.other_labels.items())]
+
+
+def prediction_placement(
+    start_layers: list[int] | tuple[int, ...],
+    region: list[int] | tuple[int, ...],
+    volume_scale: tuple[float, ...] = (1.0, 1.0, 1.0),
+    volume_translate: tuple[float, ...] = (0.0, 0.0, 0.0),
+) -> dict[str, tuple[float, ...]]:
+    """``scale``/``translate`` that put plane ``i`` of a ``(n_start, H, W)`` prediction on the
+    volume's depth axis at ``start_layers[i]`` (the window's first layer) and its pixel (0, 0)
+    on volume pixel ``region[:2]``; start layers must be evenly spaced."""
+    step = start_layers[1] - start_layers[0] if len(start_layers) > 1 else 1
+    if any(b - a != step for a, b in itertools.pairwise(start_layers)) or step < 1:
+        raise ValueError(f"start layers {list(start_layers)} are not evenly spaced")
+    sz, sy, sx = (float(v) for v in volume_scale[-3:])
+    tz, ty, tx = (float(v) for v in volume_translate[-3:])
+    return {
+        "scale": (sz * step, sy, sx),
+        "translate": (tz + sz * start_layers[0], ty + sy * region[0], tx + sx * region[1]),
+    }
+
+
+def prediction_layers(
+    path: str | Path,
+    volume_scale: tuple[float, ...] = (1.0, 1.0, 1.0),
+    volume_translate: tuple[float, ...] = (0.0, 0.0, 0.0),
+    max_projection: bool = True,
+) -> list[LayerData]:
+    """A prediction zarr as overlay layers, read from disk (so a refresh shows new chunks):
+    the per-start-layer probabilities on the depth axis, and their max over start layers."""
+    import dask.array as da
+
+    from napari_inkdetect.inference import open_prediction
+
+    prob, prov = open_prediction(path)
+    starts, layers = list(prov["start_layers"]), int(prov["window_length"])
+    place = prediction_placement(starts, prov["region"], volume_scale, volume_translate)
+    limits = (0.0, 255.0) if prob.dtype == "uint8" else (0.0, 1.0)
+    name = f"{prov['segment_id']} ink {Path(path).name.split('.')[0]}"
+    meta = {
+        PREDICTION_KEY: str(path),
+        "convention": f"{DEPTH_CONVENTION}: plane i = layers [s, s + {layers}) with s = start "
+        "layer i",
+        "start_layers": starts,
+        "window_length": layers,
+        "region": list(prov["region"]),
+        "checkpoint": prov.get("checkpoint"),
+    }
+    look = {"colormap": INK_COLORMAP, "blending": "translucent", "contrast_limits": limits}
+    out: list[LayerData] = [
+        (
+            prob,
+            {
+                "name": f"{name} (z = window start, {layers} layers)",
+                "axis_labels": ("layer", "y", "x"),
+                "metadata": meta,
+                **place,
+                **look,
+            },
+            "image",
+        )
+    ]
+    if max_projection:
+        peak = da.from_zarr(prob).max(axis=0)
+        out.append(
+            (
+                peak,
+                {
+                    "name": f"{name} max over starts",
+                    "scale": place["scale"][1:],
+                    "translate": place["translate"][1:],
+                    "metadata": {**meta, "projection": "max over start layers"},
+                    "visible": False,
+                    **look,
+                },
+                "image",
+            )
+        )
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from napari_inkdetect._napari_layers import LayerData, segment_layers
+from napari_inkdetect._napari_layers import LayerData, prediction_layers, segment_layers
 from napari_inkdetect.io.segment import detect_layout, open_segment
 from napari_inkdetect.io.sources import inspect_tiff
 
@@ -16,6 +16,8 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
         if len(path) != 1:
             return None
         path = path[0]
+    if is_prediction(Path(path)):
+        return read_prediction
     layout = detect_layout(Path(path))
     if layout is None:
         return None
@@ -29,6 +31,26 @@ def read_segment(path: str | list[str]) -> list[LayerData]:
     if isinstance(path, list):
         path = path[0]
     return segment_layers(open_segment(path))
+
+
+def is_prediction(path: Path) -> bool:
+    """A zarr written by our predictor (its provenance names us)."""
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        import json
+
+        return "napari_inkdetect" in json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+
+
+def read_prediction(path: str | list[str]) -> list[LayerData]:
+    """A prediction restored as overlay layers, placed on its segment's depth axis."""
+    if isinstance(path, list):
+        path = path[0]
+    return prediction_layers(path)
 
 
 def _has_several_pages(path: Path) -> bool:

@@ -12,4 +12,9 @@ def test_manifest_validates_and_imports():
     assert [r.command for r in contributions.readers] == ["napari-inkdetect.get_reader"]
     assert contributions.writers[0].layer_types == ["labels"]
     assert contributions.sample_data[0].key == "synthetic_crackle"
-    assert [w.display_name for w in contributions.widgets] == ["Crackle labels", "Finetune"]
+    assert [w.display_name for w in contributions.widgets] == [
+        "Crackle labels",
+        "Finetune",
+        "Predict",
+        "Export",
+    ]

@@ -40,9 +40,12 @@ def test_view_command_selects_labels_for_painting_and_opens_docks(make_napari_vi
     viewer = make_napari_viewer()
     add_layers(viewer, make_sample_segment())
     assert viewer.layers.selection.active.name == "synthetic train labels"
-    labels_dock, finetune_dock = add_docks(viewer)
+    labels_dock, finetune_dock, predict_dock, export_dock = add_docks(viewer)
     assert type(labels_dock).__name__ == "CrackleLabelsWidget"
     assert type(finetune_dock).__name__ == "FinetuneWidget"
+    assert type(predict_dock).__name__ == "PredictWidget"
+    assert type(export_dock).__name__ == "ExportWidget"
+    assert predict_dock.volume_combo.currentText() == "synthetic"
     # the labels dock counts what the user paints, not the mask, and follows the layer list
     assert labels_dock.labels.name == "synthetic train labels"
     viewer.layers.selection.active = viewer.layers["synthetic validation labels"]

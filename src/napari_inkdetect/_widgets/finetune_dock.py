@@ -13,13 +13,12 @@ import datetime
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import GeneratorWorker, create_worker
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
@@ -42,8 +41,11 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_inkdetect._widgets._runs import RunState, StoppableWorker, session
+from napari_inkdetect._widgets.prediction_overlay import PredictionRunner, visible_region
 from napari_inkdetect.devices import available_devices
 from napari_inkdetect.errors import InkDetectError
+from napari_inkdetect.inference import PredictConfig
 from napari_inkdetect.io.labels import write_labels
 from napari_inkdetect.models import list_models
 from napari_inkdetect.processes import run_in_child
@@ -74,34 +76,8 @@ def relay_training(config: TrainConfig, stop: threading.Event) -> Iterator[Any]:
     yield from run_in_child(TARGET, config, stop)
 
 
-class TrainWorker(GeneratorWorker):
-    """A generator worker whose ``quit()`` asks the engine to stop instead of abandoning it.
-
-    napari calls ``quit()`` on running workers when its window closes; a plain quit would leave
-    ``run_in_child`` suspended with its child still training. Setting the stop event lets the
-    generator run to ``TrainFinished`` (last checkpoint saved) and end by itself.
-    """
-
-    stop_event: threading.Event | None = None
-
-    def quit(self) -> None:
-        """Ask the engine to stop after its current step."""
-        if self.stop_event is not None:
-            self.stop_event.set()
-
-
-@dataclass
-class _RunState:
-    """Plain state the widget's ``destroyed`` handler may touch after the Qt object is gone."""
-
-    stop: threading.Event | None = None
-    alive: bool = True
-
-    def on_destroyed(self, *_: Any) -> None:
-        """The dock (or its viewer) is gone: stop the run, and ignore its remaining events."""
-        self.alive = False
-        if self.stop is not None:
-            self.stop.set()
+#: napari's window close calls ``quit()``; ours sets the stop event so the child saves and ends
+TrainWorker = StoppableWorker
 
 
 class LossPlot(QWidget):
@@ -242,7 +218,10 @@ class FinetuneWidget(QWidget):
         self.config: TrainConfig | None = None
         self.last_checkpoint: Path | None = None
         self.finished_event: TrainFinished | None = None
-        self._state = _RunState()
+        self._state = RunState()
+        self.session = session(self.viewer)
+        self.preview = PredictionRunner(self.viewer, two_d=True, parent=self)
+        self.previews = 0
         self._device = ""
         self._follow_slider = True
         self._build_ui()
@@ -251,6 +230,7 @@ class FinetuneWidget(QWidget):
         self._connect()
         # A plain function of plain state: it must work after the Qt object is deleted.
         self.destroyed.connect(self._state.on_destroyed)
+        self.destroyed.connect(self.preview.shutdown)
 
     # ------------------------------------------------------------------ layout
 
@@ -345,6 +325,13 @@ class FinetuneWidget(QWidget):
         self.val_every_spin = _spin(1, 1_000_000, 100, 10)
         self.autocast_combo = _combo(AUTOCAST, "auto")
         self.seed_spin = _spin(0, 2**31 - 1, 0)
+        self.preview_spin = _spin(0, 1_000_000, 100, 50)
+        self.preview_spin.setSpecialValueText("off")
+        self.preview_spin.setToolTip(
+            "every N steps, the model so far predicts the view (the 'preview' layer)"
+        )
+        self.preview_side_spin = _spin(64, 16384, 512, 128)
+        self.preview_side_spin.setToolTip("largest side of the previewed view (volume px)")
         self.runs_edit = QLineEdit(str(DEFAULT_RUNS))
         self.runs_edit.setToolTip("each run gets its own <segment>-<time> folder in here")
         self.browse_runs = QPushButton("...")
@@ -357,6 +344,8 @@ class FinetuneWidget(QWidget):
             ("Validate every", self.val_every_spin),
             ("Autocast", self.autocast_combo),
             ("Seed", self.seed_spin),
+            ("Preview every", self.preview_spin),
+            ("Preview size", self.preview_side_spin),
             ("Run folder", runs_row),
         ):
             form.addRow(label, widget)
@@ -374,6 +363,8 @@ class FinetuneWidget(QWidget):
         self.steps_spin.setValue(600 if cpu else 1000)
         self.batch_spin.setValue(4 if cpu else 8)
         self.lr_spin.setValue(1e-3 if cpu else 3e-4)
+        self.preview_spin.setValue(200 if cpu else 100)
+        self.preview_side_spin.setValue(384 if cpu else 2048)
 
     def _progress_rows(self) -> QVBoxLayout:
         box = QVBoxLayout()
@@ -524,6 +515,7 @@ class FinetuneWidget(QWidget):
             device=self.device_combo.currentText(),
             autocast=self.autocast_combo.currentText(),
             val_every=self.val_every_spin.value(),
+            save_every=self.preview_spin.value() or None,
             seed=self.seed_spin.value(),
         )
 
@@ -596,6 +588,7 @@ class FinetuneWidget(QWidget):
 
     def _reset_progress(self, config: TrainConfig) -> None:
         self.finished_event = None
+        self.previews = 0
         self.run_button.setText("Stop")
         self.progress.setRange(0, config.steps)
         self.progress.setValue(0)
@@ -647,6 +640,37 @@ class FinetuneWidget(QWidget):
     def _on_checkpoint(self, event: CheckpointSaved) -> None:
         if event.kind == "best":
             self.checkpoint_label.setText(f"best so far (step {event.step}): {event.path}")
+        elif (
+            self.preview_spin.value()
+            and event.step < self.progress.maximum()  # the final save: Predict comes next
+            and not (self._state.stop and self._state.stop.is_set())
+        ):
+            self._start_preview(event)
+
+    def _start_preview(self, event: CheckpointSaved) -> None:
+        """The model so far predicts the view into a 'preview' layer while training goes on
+        (skipped while the previous preview still runs)."""
+        volume, config = self._layer(self.volume_combo), self.config
+        if self.preview.running or volume is None or config is None:
+            return
+        region = visible_region(self.viewer, volume, self.preview_side_spin.value())
+        preview = PredictConfig(
+            segment=config.segment,
+            checkpoint=str(event.path),
+            out=str(Path(config.out) / "preview" / f"step{event.step:07d}.zarr"),
+            region=region,
+            start_layers=(config.start_layer,),
+            device=config.device,
+            batch_size=config.batch_size,
+        )
+        name = f"{volume.metadata.get('segment_id') or volume.name} preview (training)"
+        try:
+            self.preview.start(preview, volume, name=name)
+        except InkDetectError as exc:
+            self._show_error(str(exc))
+            return
+        self.previews += 1
+        self.eta_label.setToolTip(f"preview of step {event.step}: {preview.out}")
 
     def _on_batch_halved(self, event: BatchHalved) -> None:
         self.status_label.setText(
@@ -656,6 +680,12 @@ class FinetuneWidget(QWidget):
     def _on_train_finished(self, event: TrainFinished) -> None:
         self.finished_event = event
         self.last_checkpoint = Path(event.best_path or event.last_path)
+        config = self.config
+        self.session.set_checkpoint(
+            self.last_checkpoint,
+            config.start_layer if config else None,
+            config.layers if config else None,
+        )
         how = "Stopped" if event.stopped else "Finished"
         self.status_label.setText(f"{how} after {event.steps} steps in {event.seconds:.0f} s")
         self.checkpoint_label.setText(f"Checkpoint: {self.last_checkpoint}")

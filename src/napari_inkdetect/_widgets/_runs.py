@@ -1,0 +1,114 @@
+"""What the docks share about runs: stoppable workers, a stall meter and per-viewer state.
+
+``StoppableWorker.quit()`` sets the run's stop event, because napari calls ``quit()`` on running
+workers when its window closes and a plain quit only abandons the generator at its next yield
+(the engine would keep going). ``StallMeter`` measures how long the Qt event loop was blocked.
+``session(viewer)`` carries the last finetuned checkpoint from the Finetune to the Predict dock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker
+from psygnal import Signal
+from qtpy.QtCore import QObject, QTimer
+
+
+class StoppableWorker(GeneratorWorker):
+    """A generator worker whose ``quit()`` asks the engine to stop instead of abandoning it."""
+
+    stop_event: threading.Event | None = None
+
+    def quit(self) -> None:
+        """Ask the engine to stop after its current step or batch."""
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+
+@dataclass
+class RunState:
+    """Plain state a widget's ``destroyed`` handler may touch after the Qt object is gone."""
+
+    stop: threading.Event | None = None
+    alive: bool = True
+
+    def on_destroyed(self, *_: Any) -> None:
+        """The dock (or its viewer) is gone: stop the run, and ignore its remaining events."""
+        self.alive = False
+        if self.stop is not None:
+            self.stop.set()
+
+
+class StallMeter(QObject):
+    """The longest time the GUI event loop went without running a 10 ms timer.
+
+    A timer that fires late by ``x`` ms means the loop was blocked for about ``x`` ms: the
+    figure users feel as a frozen window. Started and stopped around each run.
+    """
+
+    def __init__(self, interval_ms: int = 10, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.interval_ms = interval_ms
+        self.longest_ms = 0.0
+        self.ticks = 0
+        self._last = 0.0
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._tick)
+
+    @property
+    def running(self) -> bool:
+        return self._timer.isActive()
+
+    def start(self) -> None:
+        """Reset and start measuring."""
+        self.longest_ms, self.ticks = 0.0, 0
+        self._last = time.perf_counter()
+        self._timer.start()
+
+    def stop(self) -> float:
+        """Stop measuring; the longest stall in ms."""
+        self._timer.stop()
+        return self.longest_ms
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        late = (now - self._last) * 1000.0 - self.interval_ms
+        self.longest_ms = max(self.longest_ms, late)
+        self.ticks += 1
+        self._last = now
+
+
+class Session:
+    """Per-viewer state shared by the docks (the Predict dock preselects the last checkpoint)."""
+
+    checkpoint_changed = Signal(object)  # Path of the newest finetuned checkpoint
+
+    def __init__(self) -> None:
+        self.last_checkpoint: Path | None = None
+        self.training_start_layer: int | None = None
+        self.training_layers: int | None = None
+
+    def set_checkpoint(self, path: Path, start_layer: int | None, layers: int | None) -> None:
+        """A finetune produced ``path`` (trained on the window at ``start_layer``)."""
+        self.last_checkpoint = Path(path)
+        self.training_start_layer, self.training_layers = start_layer, layers
+        self.checkpoint_changed.emit(self.last_checkpoint)
+
+
+_SESSIONS: dict[int, Session] = {}
+
+
+def session(viewer: Any) -> Session:
+    """The docks' shared state for ``viewer`` (created on first use, dropped with it)."""
+    key = id(viewer)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = Session()
+        weakref.finalize(viewer, _SESSIONS.pop, key, None)
+    return _SESSIONS[key]

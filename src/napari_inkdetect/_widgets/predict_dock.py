@@ -1,0 +1,806 @@
+"""Predict dock: stream a checkpoint's ink prediction over a region into overlay layers.
+
+Thin by design: the dock maps widget values to a :class:`~napari_inkdetect.inference.
+PredictConfig`; :class:`PredictionRunner` runs the engine's ``predict`` (or the cluster driver)
+in a thread worker and refreshes the zarr-backed overlay as chunks land. The overlay has one
+plane per start layer placed on the volume's depth axis, so the depth slider at ``z`` shows
+the prediction whose window starts at layer ``z``. Threshold, metrics and the depth profile
+are views of what is on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_inkdetect._widgets._runs import session
+from napari_inkdetect._widgets.prediction_overlay import (
+    PredictionRunner,
+    camera_of,
+    prediction_path,
+    visible_region,
+)
+from napari_inkdetect.devices import available_devices
+from napari_inkdetect.errors import InkDetectError
+from napari_inkdetect.inference import (
+    BatchDone,
+    PredictConfig,
+    PredictFinished,
+    PredictStarted,
+    open_prediction,
+    predict,
+)
+from napari_inkdetect.metrics import score
+from napari_inkdetect.models.checkpoints import read_checkpoint_metadata
+
+if TYPE_CHECKING:
+    import napari
+
+SEGMENT_KEY = "inkdetect_segment"
+REGIONS = ("Current view", "Shapes rectangle", "Whole mask")
+DIRECTIONS = ("auto", "forward", "reverse")
+RUN_ON = ("this process", "local workers", "scheduler")
+DEFAULT_OUT = Path.home() / "inkdetect-runs" / "predictions"
+CHECKPOINT_FILTER = "Checkpoints (*.safetensors *.pt *.pth *.ckpt *.bin);;All files (*)"
+FOLLOW_DELAY_MS = 600  # the view must rest this long before a follow-the-view run starts
+METRICS_DELAY_MS = 150
+NO_LABELS = "(none)"
+
+
+class ProfilePlot(QWidget):
+    """Mean ink probability per start layer: at which depth the ink lights up."""
+
+    COLOR = QColor("#ffa040")
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(80)
+        self.starts: tuple[int, ...] = ()
+        self.means = np.zeros(0)
+        self.current: int | None = None
+
+    def set_profile(self, starts: tuple[int, ...], means: np.ndarray) -> None:
+        """Show ``means[i]`` (0..1) at start layer ``starts[i]``."""
+        self.starts, self.means = tuple(starts), np.asarray(means, float)
+        self.update()
+
+    def set_current(self, start: int | None) -> None:
+        """Mark the start layer the depth slider shows."""
+        self.current = start
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:
+        """Axes box, polyline with dots, the slider's start layer, and the peak's label."""
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        font_h = painter.fontMetrics().height()
+        plot = QRectF(6, font_h + 4, self.width() - 12, self.height() - 2 * font_h - 10)
+        painter.setPen(QPen(QColor("#808080")))
+        painter.drawRect(plot)
+        if not self.starts:
+            painter.drawText(plot, Qt.AlignmentFlag.AlignCenter, "mean ink per start layer")
+            return
+        # the spread between depths is what matters: scale min..max (at least 0.02 tall)
+        bottom, top = float(self.means.min()), float(self.means.max())
+        pad = max(0.0, 0.02 - (top - bottom)) / 2 + 0.1 * (top - bottom)
+        bottom, top = max(0.0, bottom - pad), top + pad
+        lo, hi = self.starts[0], max(self.starts[-1], self.starts[0] + 1)
+
+        def point(start: float, value: float) -> QPointF:
+            x = plot.left() + (start - lo) / (hi - lo) * plot.width()
+            return QPointF(x, plot.bottom() - (value - bottom) / (top - bottom) * plot.height())
+
+        points = [point(s, m) for s, m in zip(self.starts, self.means, strict=True)]
+        if self.current is not None and lo <= self.current <= hi:
+            painter.setPen(QPen(QColor("#40d0ff"), 1, Qt.PenStyle.DashLine))
+            x = point(self.current, 0).x()
+            painter.drawLine(QPointF(x, plot.top()), QPointF(x, plot.bottom()))
+        painter.setPen(QPen(self.COLOR, 2))
+        painter.drawPolyline(QPolygonF(points))
+        for p in points:
+            painter.drawEllipse(p, 2.5, 2.5)
+        peak = int(np.argmax(self.means))
+        painter.setPen(QPen(QColor("#d0d0d0")))
+        painter.drawText(
+            QPointF(6, font_h),
+            f"mean ink: peak {self.means[peak]:.2f} at start layer {self.starts[peak]}",
+        )
+        painter.drawText(
+            QPointF(6, self.height() - 4),
+            f"start layer {lo} .. {self.starts[-1]}   (scale {bottom:.2f} .. {top:.2f})",
+        )
+
+
+def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(lo, hi)
+    spin.setValue(value)
+    spin.setSingleStep(step)
+    return spin
+
+
+def _combo(items: list[str] | tuple[str, ...], current: str | None = None) -> QComboBox:
+    combo = QComboBox()
+    combo.addItems(list(items))
+    if current is not None:
+        combo.setCurrentText(current)
+    return combo
+
+
+def run_source(run_on: str, workers: int, address: str) -> Any:
+    """The event generator for where the user wants the work done."""
+    if run_on == "this process":
+        return predict
+    from napari_inkdetect.cluster import predict_on_cluster
+
+    if run_on == "local workers":
+        return functools.partial(_on_cluster, predict_on_cluster, workers=workers)
+    if not address.strip():
+        raise InkDetectError("give the scheduler's address (tcp://host:8786)")
+    return functools.partial(_on_cluster, predict_on_cluster, scheduler=address.strip())
+
+
+def _on_cluster(driver: Any, config: PredictConfig, stop: threading.Event, **where: Any) -> Any:
+    return driver(config, stop=stop, **where)
+
+
+class PredictWidget(QWidget):
+    """Predict ink over a region; the overlay streams in as chunks finish.
+
+    ``build_config()`` maps the widget to a ``PredictConfig``, ``start()`` runs it in the
+    background, ``stop()`` asks it to stop. "Follow view" re-runs on the view whenever it
+    rests (each view's output is kept, so returning to a view is instant).
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.session = session(self.viewer)
+        self.runner = PredictionRunner(
+            self.viewer, on_event=self._on_event, on_done=self._on_done, parent=self
+        )
+        self.config: PredictConfig | None = None
+        self.last_stall_ms: float | None = None
+        self._queued: PredictConfig | None = None
+        self._metrics_worker: Any = None
+        self._volume: Any = None
+        self._build_ui()
+        self._refresh_layers()
+        self._on_volume_changed()
+        if self.session.last_checkpoint is not None:
+            self._on_checkpoint_finetuned(self.session.last_checkpoint)
+        self._connect()
+        self.destroyed.connect(self.runner.shutdown)
+
+    # ------------------------------------------------------------------ layout
+
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        layout.addLayout(self._input_form())
+        layout.addWidget(self._advanced_section())
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Predict")
+        self.follow_check = QCheckBox("Follow view")
+        self.follow_check.setToolTip("predict the view each time it rests (live mode)")
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.follow_check)
+        layout.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("%v / %m tiles")
+        self.status_label = QLabel("Choose a checkpoint (the last finetune is picked for you).")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status_label)
+        layout.addLayout(self._display_form())
+        self.profile_plot = ProfilePlot()
+        layout.addWidget(self.profile_plot)
+        layout.addStretch(1)
+
+    def _input_form(self) -> QFormLayout:
+        form = QFormLayout()
+        self.volume_combo = QComboBox()
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("the last finetuned checkpoint, or browse")
+        self.browse_checkpoint = QPushButton("...")
+        self.browse_checkpoint.setMaximumWidth(30)
+        ckpt_row = QHBoxLayout()
+        ckpt_row.addWidget(self.checkpoint_edit, 1)
+        ckpt_row.addWidget(self.browse_checkpoint)
+        self.region_combo = _combo(REGIONS, REGIONS[0])
+        self.shapes_combo = QComboBox()
+        region_row = QHBoxLayout()
+        region_row.addWidget(self.region_combo, 1)
+        region_row.addWidget(self.shapes_combo, 1)
+        self.start_from = _spin(0, 0, 0)
+        self.start_to = _spin(0, 0, 0)
+        self.start_step = _spin(1, 64, 2)
+        starts_row = QHBoxLayout()
+        parts = ((self.start_from, None), (self.start_to, "to"), (self.start_step, "step"))
+        for widget, text in parts:
+            if text:
+                starts_row.addWidget(QLabel(text))
+            starts_row.addWidget(widget, 1)
+        self.stride_spin = _spin(0, 4096, 0, 16)
+        self.stride_spin.setSpecialValueText("tile / 2")
+        self.stride_spin.setToolTip("model pixels between tiles (smaller: smoother, slower)")
+        self.device_combo = _combo(available_devices())
+        self.direction_combo = _combo(DIRECTIONS, "auto")
+        self.direction_combo.setToolTip("auto: the checkpoint's depth order")
+        self.tta_check = QCheckBox("TTA (flips + rotations, 8x slower)")
+        for label, widget in (
+            ("Volume", self.volume_combo),
+            ("Checkpoint", ckpt_row),
+            ("Region", region_row),
+            ("Start layers", starts_row),
+            ("Stride", self.stride_spin),
+            ("Device", self.device_combo),
+            ("Depth", self.direction_combo),
+            ("", self.tta_check),
+        ):
+            form.addRow(label, widget)
+        return form
+
+    def _advanced_section(self) -> QCollapsible:
+        self.advanced = QCollapsible("Advanced")
+        inner = QWidget()
+        form = QFormLayout(inner)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.out_edit = QLineEdit(str(DEFAULT_OUT))
+        self.out_edit.setToolTip("predictions are kept here as zarr (open one to restore it)")
+        self.batch_spin = _spin(1, 1024, 8)
+        self.max_view_spin = _spin(128, 65536, 2048, 256)
+        self.max_view_spin.setToolTip("largest side predicted for 'Current view' (volume px)")
+        self.dtype_combo = _combo(("uint8", "float16"), "uint8")
+        self.run_on_combo = _combo(RUN_ON, RUN_ON[0])
+        self.workers_spin = _spin(1, 256, 2)
+        self.address_edit = QLineEdit()
+        self.address_edit.setPlaceholderText("tcp://scheduler:8786 (shared filesystem)")
+        for label, widget in (
+            ("Output folder", self.out_edit),
+            ("Batch", self.batch_spin),
+            ("View limit", self.max_view_spin),
+            ("Stored as", self.dtype_combo),
+            ("Run on", self.run_on_combo),
+            ("Workers", self.workers_spin),
+            ("Scheduler", self.address_edit),
+        ):
+            form.addRow(label, widget)
+        self.advanced.addWidget(inner)
+        return self.advanced
+
+    def _display_form(self) -> QFormLayout:
+        form = QFormLayout()
+        self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
+        self.threshold_slider.setRange(0, 100)
+        self.threshold_slider.setValue(50)
+        self.threshold_label = QLabel("0.50")
+        self.outline_check = QCheckBox("outline")
+        self.outline_check.setToolTip("draw the thresholded ink as an outline layer")
+        threshold_row = QHBoxLayout()
+        threshold_row.addWidget(self.threshold_slider, 1)
+        threshold_row.addWidget(self.threshold_label)
+        threshold_row.addWidget(self.outline_check)
+        self.min_size_spin = _spin(0, 1_000_000, 0, 10)
+        self.min_size_spin.setSpecialValueText("keep all")
+        self.min_size_spin.setToolTip("drop thresholded blobs smaller than this (px)")
+        self.val_combo = QComboBox()
+        self.metrics_label = QLabel("")
+        self.metrics_label.setWordWrap(True)
+        self.best_button = QPushButton("use best")
+        self.best_button.setEnabled(False)
+        metrics_row = QHBoxLayout()
+        metrics_row.addWidget(self.metrics_label, 1)
+        metrics_row.addWidget(self.best_button)
+        form.addRow("Threshold", threshold_row)
+        form.addRow("Min blob", self.min_size_spin)
+        form.addRow("Compare to", self.val_combo)
+        form.addRow("", metrics_row)
+        return form
+
+    def _connect(self) -> None:
+        layers = self.viewer.layers.events
+        layers.inserted.connect(self._refresh_layers)
+        layers.removed.connect(self._on_layer_removed)
+        self.viewer.dims.events.current_step.connect(self._on_slider_moved)
+        camera = camera_of(self.viewer)
+        camera.events.center.connect(self._on_view_changed)
+        camera.events.zoom.connect(self._on_view_changed)
+        self.session.checkpoint_changed.connect(self._on_checkpoint_finetuned)
+        self.volume_combo.currentIndexChanged.connect(self._on_volume_changed)
+        self.region_combo.currentIndexChanged.connect(self._on_region_mode_changed)
+        self.browse_checkpoint.clicked.connect(self._choose_checkpoint)
+        self.checkpoint_edit.editingFinished.connect(self._on_checkpoint_edited)
+        self.run_button.clicked.connect(self._on_run_clicked)
+        self.follow_check.toggled.connect(self._on_follow_toggled)
+        self.threshold_slider.valueChanged.connect(self._on_threshold_changed)
+        self.min_size_spin.valueChanged.connect(self._on_threshold_changed)
+        self.outline_check.toggled.connect(self._on_threshold_changed)
+        self.val_combo.currentIndexChanged.connect(self._schedule_metrics)
+        self.best_button.clicked.connect(self._use_best_threshold)
+        self._follow_timer = QTimer(self)
+        self._follow_timer.setSingleShot(True)
+        self._follow_timer.timeout.connect(self._follow_view)
+        self._metrics_timer = QTimer(self)
+        self._metrics_timer.setSingleShot(True)
+        self._metrics_timer.timeout.connect(self._update_metrics)
+        self._on_region_mode_changed()
+
+    # ------------------------------------------------------------------ widget state
+
+    def _refresh_layers(self, event: Any = None) -> None:
+        volumes = [x.name for x in self.viewer.layers if SEGMENT_KEY in x.metadata]
+        volumes = [n for n in volumes if isinstance(self.viewer.layers[n], Image)]
+        shapes = [x.name for x in self.viewer.layers if isinstance(x, Shapes)]
+        labels = [x.name for x in self.viewer.layers if isinstance(x, Labels)]
+        val = [n for n in labels if "validation" in n] + [n for n in labels if "truth" in n]
+        _fill(self.volume_combo, volumes, volumes[:1])
+        _fill(self.shapes_combo, shapes, shapes[-1:])
+        _fill(self.val_combo, [NO_LABELS, *labels], val[:1] or [NO_LABELS])
+
+    def _on_layer_removed(self, event: Any = None) -> None:
+        """A removed overlay stops the run drawing into it; a removed volume stops it too."""
+        removed = getattr(event, "value", None)
+        if self.runner.running and (
+            removed in self.runner.layers or removed is self.runner._volume
+        ):
+            self.stop()
+        self._refresh_layers()
+
+    def _layer(self, combo: QComboBox) -> Any:
+        name = combo.currentText()
+        return next((layer for layer in self.viewer.layers if layer.name == name), None)
+
+    def _on_volume_changed(self, *_: Any) -> None:
+        """A different volume: its depth bounds the start layers (defaults set anew)."""
+        volume = self._layer(self.volume_combo)
+        if volume is self._volume:
+            return
+        self._volume = volume
+        depth = int(volume.data.shape[0]) if volume is not None and volume.ndim == 3 else 1
+        for spin in (self.start_from, self.start_to):
+            spin.setMaximum(max(0, depth - 1))
+        self._default_start_layers()
+
+    def _on_region_mode_changed(self, *_: Any) -> None:
+        self.shapes_combo.setEnabled(self.region_combo.currentText() == "Shapes rectangle")
+
+    def _on_checkpoint_finetuned(self, path: Path) -> None:
+        """A finetune finished (or is running): predict with its checkpoint by default."""
+        self.checkpoint_edit.setText(str(path))
+        self._on_checkpoint_edited()
+
+    def _choose_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", CHECKPOINT_FILTER)
+        if path:
+            self.checkpoint_edit.setText(path)
+            self._on_checkpoint_edited()
+
+    def _on_checkpoint_edited(self) -> None:
+        self._default_start_layers()
+
+    def _checkpoint_window(self) -> tuple[int | None, int]:
+        """(trained start layer, window length) from our checkpoint's metadata if readable."""
+        text = self.checkpoint_edit.text().strip()
+        try:
+            meta = read_checkpoint_metadata(text) if text else {}
+        except InkDetectError:
+            meta = {}
+        start = meta.get("start_layer")
+        if start is None and self.session.last_checkpoint == Path(text):
+            start = self.session.training_start_layer
+        return start, int(meta.get("in_layers") or 22)
+
+    def _default_start_layers(self) -> None:
+        """A band of +-6 layers around the trained start layer (or the depth slider)."""
+        volume = self._layer(self.volume_combo)
+        depth = int(volume.data.shape[0]) if volume is not None and volume.ndim == 3 else 1
+        start, layers = self._checkpoint_window()
+        centre = start if start is not None else int(self.viewer.dims.current_step[0])
+        last = max(0, depth - layers)
+        lo, hi = max(0, min(centre - 6, last)), max(0, min(centre + 6, last))
+        self.start_from.setValue(lo)
+        self.start_to.setValue(hi)
+
+    # ------------------------------------------------------------------ config
+
+    def region(self) -> tuple[int, int, int, int] | None:
+        """The region the widget describes, in volume pixels (None: the whole mask)."""
+        mode = self.region_combo.currentText()
+        volume = self._layer(self.volume_combo)
+        if mode == "Whole mask":
+            return None
+        if mode == "Current view":
+            return visible_region(self.viewer, volume, self.max_view_spin.value())
+        shapes = self._layer(self.shapes_combo)
+        if shapes is None or not len(shapes.data):
+            raise InkDetectError("draw a rectangle in a Shapes layer, or choose another region")
+        corners = np.asarray(shapes.data[-1])[:, -2:]
+        world = [np.asarray(shapes.data_to_world(np.r_[0, c][-shapes.ndim :])) for c in corners]
+        data = np.array([volume.world_to_data(np.r_[0, w[-2:]])[-2:] for w in world])
+        lo, hi = np.floor(data.min(axis=0)), np.ceil(data.max(axis=0))
+        full = np.asarray(volume.level_shapes[0] if volume.multiscale else volume.data.shape)[-2:]
+        lo, hi = np.clip(lo, 0, full), np.clip(hi, 0, full)
+        if np.any(hi - lo < 1):
+            raise InkDetectError("the rectangle is outside the volume")
+        return (int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
+
+    def build_config(self, region: tuple[int, ...] | str | None = "widget") -> PredictConfig:
+        """The run the widget describes (``region`` overrides the region choice)."""
+        volume = self._layer(self.volume_combo)
+        if volume is None:
+            raise InkDetectError("open a segment with napari-inkdetect's reader first")
+        checkpoint = self.checkpoint_edit.text().strip()
+        if not checkpoint:
+            raise InkDetectError("choose a checkpoint (finetune one, or browse for a file)")
+        lo, hi = self.start_from.value(), self.start_to.value()
+        if hi < lo:
+            raise InkDetectError(f"start layers {lo} to {hi}: the first is after the last")
+        region = self.region() if region == "widget" else region
+        starts = f"{lo}:{hi + 1}:{self.start_step.value()}"
+        config = PredictConfig(
+            segment=str(volume.metadata[SEGMENT_KEY]),
+            checkpoint=checkpoint,
+            out="",
+            region=region,
+            start_layers=starts,
+            stride=self.stride_spin.value() or None,
+            batch_size=self.batch_spin.value(),
+            device=self.device_combo.currentText(),
+            tta_flips=self.tta_check.isChecked(),
+            tta_rot90=self.tta_check.isChecked(),
+            depth_direction=self.direction_combo.currentText(),
+            segment_reverse=bool(volume.metadata.get("reversed", False)),
+            dtype=self.dtype_combo.currentText(),
+        )
+        return config.with_(out=str(self._output_path(config, volume)))
+
+    def _output_path(self, config: PredictConfig, volume: Any) -> Path:
+        """One zarr per distinct prediction: rerunning the same one resumes (or is instant)."""
+        key = json.dumps({k: v for k, v in config.to_dict().items() if k != "out"}, sort_keys=True)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+        stem = Path(config.checkpoint).stem
+        segment_id = volume.metadata.get("segment_id") or volume.name
+        root = Path(self.out_edit.text().strip() or DEFAULT_OUT).expanduser()
+        return root / segment_id / f"{stem}-{digest}.zarr"
+
+    # ------------------------------------------------------------------ run control
+
+    @property
+    def running(self) -> bool:
+        return self.runner.running
+
+    def _on_run_clicked(self) -> None:
+        if self.running:
+            self._queued = None
+            self.stop()
+        else:
+            self.start()
+
+    def start(self, config: PredictConfig | None = None) -> Any:
+        """Start predicting (``config`` or the widget's); None when the input is refused."""
+        if self.running:
+            return self.runner.worker
+        try:
+            config = config or self.build_config()
+            source = run_source(
+                self.run_on_combo.currentText(),
+                self.workers_spin.value(),
+                self.address_edit.text(),
+            )
+            worker = self.runner.start(config, self._layer(self.volume_combo), source=source)
+        except InkDetectError as exc:
+            self._show_error(str(exc))
+            return None
+        self.config = config
+        self.run_button.setText("Stop")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status_label.setText(f"Loading the model ({config.device})...")
+        return worker
+
+    def stop(self) -> None:
+        """Ask the engine to stop after its current batch (finished chunks are kept)."""
+        if self.running:
+            self.runner.stop()
+            self.run_button.setText("Stopping...")
+            self.run_button.setEnabled(False)
+
+    def _show_error(self, message: str) -> None:
+        self.status_label.setText(f"Error: {message}")
+        show_error(message)
+
+    # ------------------------------------------------------------------ live mode
+
+    def _on_follow_toggled(self, on: bool) -> None:
+        if on:
+            self.region_combo.setCurrentText("Current view")
+            self._follow_view()
+        else:
+            self._queued = None
+
+    def _on_view_changed(self, event: Any = None) -> None:
+        if self.follow_check.isChecked():
+            self._follow_timer.start(FOLLOW_DELAY_MS)
+
+    def _follow_view(self) -> None:
+        """Predict the view unless the running (or last) prediction already covers it."""
+        try:
+            config = self.build_config()
+        except InkDetectError as exc:
+            self.follow_check.setChecked(False)
+            self._show_error(str(exc))
+            return
+        if self.config is not None and config.out == self.config.out:
+            return
+        if self.running:
+            self._queued = config
+            self.runner.stop()
+        else:
+            self.start(config)
+
+    # ------------------------------------------------------------------ events (GUI thread)
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, PredictStarted):
+            self.progress.setRange(0, max(1, event.total_tiles))
+            self.progress.setValue(0)
+            done = f", {event.done_chunks} already done" if event.done_chunks else ""
+            self.status_label.setText(
+                f"Predicting {event.shape[1]} x {event.shape[2]} px x {event.shape[0]} start "
+                f"layers on {event.device} ({event.total_chunks} chunks{done})"
+            )
+            self._on_slider_moved()
+        elif isinstance(event, BatchDone):
+            self.progress.setValue(event.done)
+            self.progress.setFormat(f"%v / %m tiles  {event.tiles_per_s:.0f} tiles/s")
+        elif isinstance(event, PredictFinished):
+            how = "Stopped" if event.stopped else "Done"
+            self.status_label.setText(
+                f"{how}: {event.tiles} tiles in {event.seconds:.1f} s "
+                f"({event.tiles_per_s:.0f} tiles/s). Saved in {event.path}"
+            )
+        profile = self.runner.profile
+        if profile is not None and profile.count:
+            self.profile_plot.set_profile(profile.start_layers, profile.means)
+        if not isinstance(event, BatchDone):
+            self._schedule_metrics()
+
+    def _on_done(self, finished: PredictFinished | None) -> None:
+        self.last_stall_ms = self.runner.last_stall_ms
+        self.run_button.setText("Predict")
+        self.run_button.setEnabled(True)
+        if finished is not None and self.last_stall_ms is not None:
+            self.status_label.setText(
+                f"{self.status_label.text()}  Longest GUI stall {self.last_stall_ms:.0f} ms."
+            )
+        if self.runner.error:
+            self.status_label.setText(f"Error: {self.runner.error}")
+        self._on_threshold_changed()
+        queued, self._queued = self._queued, None
+        if queued is not None:
+            self.start(queued)
+
+    # ------------------------------------------------------------------ threshold + metrics
+
+    def overlay(self) -> Image | None:
+        """The current per-start-layer overlay layer, if it is still in the viewer."""
+        layers = [x for x in self.runner.layers if x in self.viewer.layers]
+        return layers[0] if layers else None
+
+    def current_index(self) -> int | None:
+        """The overlay plane the depth slider shows (None: the slider is outside it)."""
+        layer = self.overlay()
+        if layer is None:
+            return None
+        starts = layer.metadata["start_layers"]
+        z = int(self.viewer.dims.current_step[0])
+        return starts.index(z) if z in starts else None
+
+    @property
+    def threshold(self) -> float:
+        return self.threshold_slider.value() / 100.0
+
+    def _on_slider_moved(self, event: Any = None) -> None:
+        index = self.current_index()
+        layer = self.overlay()
+        self.profile_plot.set_current(
+            layer.metadata["start_layers"][index] if index is not None else None
+        )
+        self._schedule_metrics()
+
+    def _on_threshold_changed(self, *_: Any) -> None:
+        self.threshold_label.setText(f"{self.threshold:.2f}")
+        self._update_outline()
+        self._schedule_metrics()
+
+    def _update_outline(self) -> None:
+        """The thresholded ink as a lazily computed labels layer drawn as outlines."""
+        layer = self.overlay()
+        name = "ink above threshold"
+        existing = next((x for x in self.viewer.layers if x.name == name), None)
+        if layer is None or not self.outline_check.isChecked():
+            if existing is not None:
+                existing.visible = False
+            return
+        mask = threshold_mask(layer.data, self.threshold, self.min_size_spin.value())
+        if existing is None or existing.ndim != mask.ndim:
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            existing = self.viewer.add_labels(
+                mask, name=name, scale=layer.scale, translate=layer.translate, opacity=0.9
+            )
+            existing.contour = 1
+            existing.editable = False
+        else:
+            existing.data = mask
+            existing.scale, existing.translate = layer.scale, layer.translate
+        existing.visible = True
+
+    def _schedule_metrics(self, *_: Any) -> None:
+        self._metrics_timer.start(METRICS_DELAY_MS)
+
+    def _update_metrics(self) -> None:
+        """F0.5 / precision / recall of the shown plane against the chosen labels (in a
+        worker thread: a large region takes a while)."""
+        layer, labels, index = self.overlay(), self._layer(self.val_combo), self.current_index()
+        if layer is None or labels is None or index is None:
+            self.metrics_label.setText(
+                ""
+                if labels is None
+                else "move the depth slider onto a predicted start layer to score it"
+            )
+            self.best_button.setEnabled(False)
+            return
+        if self._metrics_worker is not None:
+            self._schedule_metrics()  # one at a time; try again shortly
+            return
+        y0, x0, y1, x1 = layer.metadata["region"]
+        worker = create_worker(
+            plane_scores,
+            layer.data,
+            index,
+            np.asarray(labels.data)[y0:y1, x0:x1],
+            self.threshold,
+            self.min_size_spin.value(),
+            _start_thread=False,
+            _connect={"returned": self._show_metrics, "finished": self._metrics_done},
+        )
+        self._metrics_worker = worker
+        worker.start()
+
+    def _metrics_done(self) -> None:
+        self._metrics_worker = None
+
+    def _show_metrics(self, result: Any) -> None:
+        if result is None:
+            self.metrics_label.setText("no ink or not-ink labels inside the prediction")
+            self.best_button.setEnabled(False)
+            return
+        self.scores = result
+        self.metrics_label.setText(
+            f"F0.5 {result.f05:.3f}  P {result.precision:.3f}  R {result.recall:.3f} "
+            f"at {result.threshold:.2f} (best {result.best_f05:.3f} at "
+            f"{result.best_threshold:.2f})"
+        )
+        self.best_button.setEnabled(True)
+
+    def _use_best_threshold(self) -> None:
+        scores = getattr(self, "scores", None)
+        if scores is not None:
+            self.threshold_slider.setValue(round(scores.best_threshold * 100))
+
+    # ------------------------------------------------------------------ restore
+
+    def open_prediction(self, path: str | Path) -> list[Any]:
+        """Add a saved prediction's layers (what the reader does for a dropped zarr)."""
+        from napari_inkdetect._napari_layers import prediction_layers
+
+        open_prediction(path)  # clear error for anything that is not ours
+        volume = self._layer(self.volume_combo)
+        kwargs = {}
+        if volume is not None:
+            kwargs = {"volume_scale": volume.scale, "volume_translate": volume.translate}
+        added = [
+            self.viewer.add_image(data, **kw) for data, kw, _ in prediction_layers(path, **kwargs)
+        ]
+        self.runner.layers = added
+        return added
+
+
+def threshold_mask(data: Any, threshold: float, min_size: int = 0) -> Any:
+    """``data >= threshold`` lazily per chunk (uint8 data: threshold x 255), blobs smaller
+    than ``min_size`` px removed chunk by chunk."""
+    import dask.array as da
+
+    if isinstance(data, da.Array):
+        lazy = data
+    elif isinstance(data, np.ndarray):
+        lazy = da.from_array(data, chunks=data.shape)
+    else:
+        lazy = da.from_zarr(data)
+    cut = threshold * 255.0 if lazy.dtype == np.uint8 else threshold
+    mask = (lazy >= cut).astype(np.uint8)
+    if min_size > 0:
+        mask = mask.map_blocks(_remove_small, min_size, dtype=np.uint8)
+    return mask
+
+
+def _remove_small(block: np.ndarray, min_size: int) -> np.ndarray:
+    from scipy import ndimage
+
+    out = np.zeros_like(block)
+    for i, plane in enumerate(block.reshape(-1, *block.shape[-2:])):
+        labelled, n = ndimage.label(plane)
+        if n:
+            sizes = np.bincount(labelled.ravel())
+            keep = sizes >= min_size
+            keep[0] = False
+            out.reshape(-1, *block.shape[-2:])[i] = keep[labelled]
+    return out
+
+
+def plane_scores(
+    data: Any, index: int, labels: np.ndarray, threshold: float, min_size: int = 0
+) -> Any:
+    """Scores of plane ``index`` against sparse labels; with ``min_size`` the F0.5/precision/
+    recall are those of the cleaned mask (the best threshold is from the raw plane)."""
+    plane = np.asarray(data[index])
+    if labels.shape != plane.shape:
+        raise InkDetectError(f"labels {labels.shape} and prediction {plane.shape} differ")
+    if not ((labels == 1).any() and (labels == 2).any()):
+        return None
+    scores = score(plane, labels, threshold)
+    if min_size > 0:
+        cleaned = np.asarray(threshold_mask(plane[None], threshold, min_size)[0])
+        at = score(cleaned.astype(np.float32), labels, 0.5)
+        scores = dataclasses.replace(
+            scores, f05=at.f05, precision=at.precision, recall=at.recall, threshold=threshold
+        )
+    return scores
+
+
+def _fill(combo: QComboBox, names: list[str], preferred: list[str]) -> None:
+    current = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    combo.blockSignals(False)
+    if current in names:
+        combo.setCurrentText(current)
+    elif preferred:
+        combo.setCurrentText(preferred[0])
+    combo.currentIndexChanged.emit(combo.currentIndex())
+
+
+__all__ = ["PredictWidget", "ProfilePlot", "plane_scores", "prediction_path", "threshold_mask"]

@@ -1,0 +1,295 @@
+"""Run a prediction in the background and keep its overlay layers in step with the disk.
+
+Shared by the Predict dock (one-shot and follow-the-view runs) and the Finetune dock (live
+preview while training). The engine writes every finished chunk to its zarr before yielding
+``ChunkDone``; the overlay layers read that zarr, so showing new chunks is a throttled
+``layer.refresh()`` on the GUI thread and nothing is lost when napari closes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QObject, QTimer
+
+from napari_inkdetect._napari_layers import PREDICTION_KEY, prediction_layers
+from napari_inkdetect._widgets._runs import RunState, StallMeter, StoppableWorker
+from napari_inkdetect.errors import InkDetectError
+from napari_inkdetect.inference import (
+    BatchDone,
+    ChunkDone,
+    PredictConfig,
+    PredictFinished,
+    PredictStarted,
+    predict,
+)
+
+REFRESH_MS = 250  # at most 4 refreshes a second: each re-reads the visible plane from disk
+EventSource = Callable[[PredictConfig, threading.Event], Iterator[Any]]
+
+
+def relay(source: EventSource, config: PredictConfig, stop: threading.Event) -> Iterator[Any]:
+    """The worker's generator: the engine's events, one yield each."""
+    yield from source(config, stop)
+
+
+def visible_region(
+    viewer: Any, layer: Image, max_side: int | None = None, snap: int = 64
+) -> tuple[int, ...]:
+    """``(y0, x0, y1, x1)`` of ``layer``'s full-resolution pixels in view, at most
+    ``max_side`` on a side (centred on the view), clipped to the layer. Edges snap outwards
+    to a ``snap``-px grid, so a small pan gives the same region (and the same output).
+
+    Computed from the camera and the canvas size, so it is right before anything is drawn.
+    """
+    camera = camera_of(viewer)
+    centre = np.asarray(camera.center, float)[-2:]
+    half = np.asarray(canvas_size(viewer), float) / max(float(camera.zoom), 1e-9) / 2
+    scale, translate = np.asarray(layer.scale)[-2:], np.asarray(layer.translate)[-2:]
+    full = np.asarray(layer.level_shapes[0] if layer.multiscale else layer.data.shape)[-2:]
+    lo = np.clip(np.floor((centre - half - translate) / scale), 0, full)
+    hi = np.clip(np.ceil((centre + half - translate) / scale), 0, full)
+    if max_side:
+        middle = (lo + hi) / 2
+        half_side = np.minimum((hi - lo) / 2, max_side / 2)
+        lo = np.maximum(0, np.floor(middle - half_side))
+        hi = np.minimum(full, np.ceil(middle + half_side))
+    if snap > 1:
+        lo = np.floor(lo / snap) * snap
+        hi = np.minimum(full, np.ceil(hi / snap) * snap)
+    if np.any(hi - lo < 1):
+        raise InkDetectError("the view shows none of the volume: pan onto it first")
+    return (int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
+
+
+def camera_of(viewer: Any) -> Any:
+    """napari >= 0.9 keeps the camera in ``viewer.scene``; older versions on the viewer."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if hasattr(scene, "camera") else viewer.camera
+
+
+def canvas_size(viewer: Any) -> tuple[int, int]:
+    """The canvas ``(height, width)`` in screen pixels (``viewer.canvas`` from napari 0.9)."""
+    size = getattr(getattr(viewer, "canvas", None), "size", None)
+    size = size if size is not None else getattr(viewer, "_canvas_size", None)
+    return tuple(size) if size is not None and min(size) > 0 else (600, 800)
+
+
+class ProfileAccumulator:
+    """Mean ink probability per start layer over the papyrus of the chunks seen so far.
+
+    Pixels where every start layer is 0 are off the mask (the engine writes 0 there).
+    """
+
+    def __init__(self, start_layers: tuple[int, ...], scale: float) -> None:
+        self.start_layers = tuple(start_layers)
+        self.sums = np.zeros(len(start_layers))
+        self.count = 0
+        self.scale = scale
+
+    def add(self, array: np.ndarray) -> None:
+        """Add one chunk ``(n_start, h, w)``."""
+        flat = array.reshape(array.shape[0], -1)
+        inside = flat.any(axis=0)
+        self.sums += flat[:, inside].sum(axis=1, dtype=np.float64)
+        self.count += int(inside.sum())
+
+    @property
+    def means(self) -> np.ndarray:
+        """Mean probability (0..1) per start layer."""
+        return self.sums / max(self.count, 1) / self.scale
+
+
+class PredictionRunner(QObject):
+    """One background prediction at a time, drawn into overlay layers as chunks land.
+
+    ``start(config, volume)`` runs ``source`` (the engine's ``predict`` or a cluster driver)
+    in a thread worker; ``stop()`` asks it to stop after the current batch (finished chunks
+    stay on disk). ``on_event`` sees every engine event on the GUI thread; ``on_done`` is
+    called once the worker has finished, with the ``PredictFinished`` event or ``None``.
+    """
+
+    def __init__(
+        self,
+        viewer: Any,
+        on_event: Callable[[Any], None] | None = None,
+        on_done: Callable[[PredictFinished | None], None] | None = None,
+        two_d: bool = False,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.on_event, self.on_done = on_event, on_done
+        self.two_d = two_d
+        self.worker: StoppableWorker | None = None
+        self.layers: list[Any] = []
+        self.profile: ProfileAccumulator | None = None
+        self.finished: PredictFinished | None = None
+        self.error: str | None = None
+        self.stall = StallMeter(parent=self)
+        self.last_stall_ms: float | None = None
+        self._state = RunState()
+        self._volume: Image | None = None
+        self._name: str | None = None
+        self._refresh_pending = False
+        self._last_refresh = 0.0
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self.refresh)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        config: PredictConfig,
+        volume: Image,
+        name: str | None = None,
+        source: EventSource = predict,
+    ) -> StoppableWorker:
+        """Run ``config``; overlay layers are named ``name`` (default: from the output)."""
+        if self.running:
+            raise InkDetectError("a prediction is already running: stop it first")
+        stop = threading.Event()
+        self._state.stop = stop
+        self._volume, self._name = volume, name
+        self.finished, self.error, self.profile = None, None, None
+        worker = create_worker(
+            relay,
+            source,
+            config,
+            stop,
+            _worker_class=StoppableWorker,
+            _start_thread=False,
+            _connect={
+                "yielded": self._on_event,
+                "errored": self._on_errored,
+                "finished": self._on_finished,
+            },
+        )
+        worker.stop_event = stop
+        self.worker = worker
+        self.stall.start()
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Ask the engine to stop after its current batch."""
+        if self._state.stop is not None:
+            self._state.stop.set()
+
+    def shutdown(self) -> None:
+        """The owner is going away: stop, and ignore whatever the worker still yields."""
+        self._state.on_destroyed()
+
+    # ------------------------------------------------------------------ layers
+
+    def _show(self, event: PredictStarted) -> None:
+        """Add the overlay layers, or point the existing ones at the new output."""
+        volume = self._volume
+        tuples = prediction_layers(
+            event.path,
+            volume_scale=tuple(volume.scale),
+            volume_translate=tuple(volume.translate),
+            max_projection=not self.two_d,
+        )
+        if self.two_d:
+            data, kwargs, _ = tuples[0]
+            tuples = [(_plane(data), _flatten(kwargs), "image")]
+        if self._name:
+            for i, (_, kwargs, _) in enumerate(tuples):
+                kwargs["name"] = self._name if i == 0 else f"{self._name} {kwargs['name']}"
+        alive = [layer for layer in self.layers if layer in self.viewer.layers]
+        if len(alive) == len(tuples):
+            for layer, (data, kwargs, _) in zip(alive, tuples, strict=True):
+                _update(layer, data, kwargs)
+        else:
+            for layer in alive:
+                self.viewer.layers.remove(layer)
+            self.layers = [self.viewer.add_image(data, **kwargs) for data, kwargs, _ in tuples]
+        scale = 255.0 if event.dtype == "uint8" else 1.0
+        self.profile = ProfileAccumulator(event.start_layers, scale)
+
+    def refresh(self, all_layers: bool = False) -> None:
+        """Re-read what is on disk (throttled; the max projection only when asked)."""
+        self._refresh_pending = False
+        self._last_refresh = time.perf_counter()
+        for i, layer in enumerate(self.layers):
+            if layer in self.viewer.layers and (i == 0 or all_layers):
+                layer.refresh()
+
+    def _schedule_refresh(self) -> None:
+        if self._refresh_pending:
+            return
+        self._refresh_pending = True
+        wait = REFRESH_MS - (time.perf_counter() - self._last_refresh) * 1000
+        self._timer.start(int(max(0, wait)))
+
+    # ------------------------------------------------------------------ events (GUI thread)
+
+    def _on_event(self, event: Any) -> None:
+        if not self._state.alive:
+            return
+        if isinstance(event, PredictStarted):
+            self._show(event)
+        elif isinstance(event, ChunkDone):
+            if self.profile is not None:
+                self.profile.add(event.array)
+            self._schedule_refresh()
+        elif isinstance(event, PredictFinished):
+            self.finished = event
+            self.refresh(all_layers=True)
+        if self.on_event is not None and isinstance(
+            event, PredictStarted | BatchDone | ChunkDone | PredictFinished
+        ):
+            self.on_event(event)
+
+    def _on_errored(self, exc: Exception) -> None:
+        if not self._state.alive:
+            return
+        ours = isinstance(exc, InkDetectError)
+        self.error = str(exc) if ours else f"{type(exc).__name__}: {exc}"
+        show_error(self.error)
+
+    def _on_finished(self) -> None:
+        self._state.stop = None
+        self.worker = None
+        self.last_stall_ms = self.stall.stop()
+        if self._state.alive and self.on_done is not None:
+            self.on_done(self.finished)
+
+
+def prediction_path(layer: Any) -> Path | None:
+    """The zarr behind an overlay layer, if it is one of ours."""
+    path = getattr(layer, "metadata", {}).get(PREDICTION_KEY)
+    return Path(path) if path else None
+
+
+def _plane(data: Any) -> Any:
+    import dask.array as da
+
+    return da.from_zarr(data)[0]
+
+
+def _flatten(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """3D placement -> 2D (the preview shows one start layer whatever the slider says)."""
+    out = dict(kwargs)
+    out["scale"], out["translate"] = kwargs["scale"][1:], kwargs["translate"][1:]
+    out.pop("axis_labels", None)
+    return out
+
+
+def _update(layer: Any, data: Any, kwargs: dict[str, Any]) -> None:
+    layer.data = data
+    layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+    layer.metadata = kwargs["metadata"]
+    layer.name = kwargs["name"]
