@@ -72,11 +72,8 @@ def notifications():
 def run(dock, qtbot, config=None):
     events = []
     dock.runner.on_event = lambda e, inner=dock._on_event: (events.append(e), inner(e))
-    worker = dock.start(config)
-    assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        pass
-    qtbot.waitUntil(lambda: not dock.running)
+    assert dock.start(config) is not None
+    qtbot.waitUntil(lambda: not dock.running, timeout=TIMEOUT_MS)
     return events
 
 
@@ -138,7 +135,7 @@ def test_rerun_resumes_and_a_saved_prediction_is_restored(dock, viewer, qtbot):
 def test_threshold_outline_and_scores_against_validation_labels(dock, viewer, qtbot, checkpoints):
     dock.checkpoint_edit.setText(str(checkpoints["constant"]))
     dock._on_checkpoint_edited()
-    assert (dock.start_from.value(), dock.start_to.value()) == (0, 8)  # +-6 around layer 5
+    assert (dock.start_from.value(), dock.start_to.value()) == (1, 7)  # 5 +- 2 x 2, to 8
     dock.start_from.setValue(5)
     dock.start_to.setValue(5)
     run(dock, qtbot)
@@ -225,10 +222,8 @@ def test_bad_input_is_a_notification_and_the_dock_stays_usable(
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
     dock.checkpoint_edit.setText(str(corrupt))
-    worker = dock.start()
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
-        pass
-    qtbot.waitUntil(lambda: not dock.running)
+    assert dock.start() is not None
+    qtbot.waitUntil(lambda: not dock.running, timeout=TIMEOUT_MS)
     assert "corrupt.safetensors" in dock.status_label.text()
     assert any("corrupt.safetensors" in str(n.message) for n in notifications)
     assert dock.run_button.text() == "Predict" and dock.run_button.isEnabled()

@@ -15,15 +15,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from napari.qt.threading import GeneratorWorker
 from psygnal import Signal
-from qtpy.QtCore import QObject, QTimer
+from qtpy.QtCore import QObject, QThreadPool, QTimer
+
+
+def make_room_in_thread_pool(spare: int = 3) -> None:
+    """Keep ``spare`` threads free in Qt's global pool before starting a long worker.
+
+    napari workers run in ``QThreadPool.globalInstance()``, whose size is the core count, and
+    Qt itself uses that pool (e.g. ``QImage`` format conversions when a window repaints, which
+    block the GUI thread until a pool thread runs them). On a 2-core machine a training relay
+    plus a preview prediction filled the pool and froze napari for good; found by the
+    workflow test.
+    """
+    pool = QThreadPool.globalInstance()
+    needed = pool.activeThreadCount() + 1 + spare
+    if pool.maxThreadCount() < needed:
+        pool.setMaxThreadCount(needed)
 
 
 class StoppableWorker(GeneratorWorker):
     """A generator worker whose ``quit()`` asks the engine to stop instead of abandoning it."""
 
     stop_event: threading.Event | None = None
+
+    def start(self) -> None:
+        """Start in Qt's global pool, leaving room for Qt's own work there."""
+        make_room_in_thread_pool()
+        super().start()
 
     def quit(self) -> None:
         """Ask the engine to stop after its current step or batch."""
@@ -57,6 +78,7 @@ class StallMeter(QObject):
         self.interval_ms = interval_ms
         self.longest_ms = 0.0
         self.ticks = 0
+        self.lates: list[float] = []
         self._last = 0.0
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
@@ -68,7 +90,7 @@ class StallMeter(QObject):
 
     def start(self) -> None:
         """Reset and start measuring."""
-        self.longest_ms, self.ticks = 0.0, 0
+        self.longest_ms, self.ticks, self.lates = 0.0, 0, []
         self._last = time.perf_counter()
         self._timer.start()
 
@@ -77,10 +99,15 @@ class StallMeter(QObject):
         self._timer.stop()
         return self.longest_ms
 
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile of how late the timer fired (ms)."""
+        return float(np.percentile(self.lates, q)) if self.lates else 0.0
+
     def _tick(self) -> None:
         now = time.perf_counter()
         late = (now - self._last) * 1000.0 - self.interval_ms
         self.longest_ms = max(self.longest_ms, late)
+        self.lates.append(late)
         self.ticks += 1
         self._last = now
 

@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_inkdetect._widgets._runs import RunState, StoppableWorker, session
+from napari_inkdetect._widgets._runs import RunState, StallMeter, StoppableWorker, session
 from napari_inkdetect._widgets.prediction_overlay import PredictionRunner, visible_region
 from napari_inkdetect.devices import available_devices
 from napari_inkdetect.errors import InkDetectError
@@ -222,6 +222,8 @@ class FinetuneWidget(QWidget):
         self.session = session(self.viewer)
         self.preview = PredictionRunner(self.viewer, two_d=True, parent=self)
         self.previews = 0
+        self.stall = StallMeter(parent=self)
+        self.last_stall_ms: float | None = None
         self._device = ""
         self._follow_slider = True
         self._build_ui()
@@ -574,6 +576,7 @@ class FinetuneWidget(QWidget):
         worker.stop_event = stop
         self.worker, self.config = worker, config
         self._reset_progress(config)
+        self.stall.start()
         worker.start()
         return worker
 
@@ -701,6 +704,7 @@ class FinetuneWidget(QWidget):
     def _on_finished(self) -> None:
         self._state.stop = None
         self.worker = None
+        self.last_stall_ms = self.stall.stop()
         if not self._state.alive:
             return
         self.run_button.setText("Finetune")

@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_inkdetect._widgets._runs import session
+from napari_inkdetect._widgets._runs import make_room_in_thread_pool, session
 from napari_inkdetect._widgets.prediction_overlay import (
     PredictionRunner,
     camera_of,
@@ -422,15 +422,16 @@ class PredictWidget(QWidget):
         return start, int(meta.get("in_layers") or 22)
 
     def _default_start_layers(self) -> None:
-        """A band of +-6 layers around the trained start layer (or the depth slider)."""
+        """A band of about +-6 layers around the trained start layer (or the depth slider),
+        on the step's grid through that layer, so the trained window itself is predicted."""
         volume = self._layer(self.volume_combo)
         depth = int(volume.data.shape[0]) if volume is not None and volume.ndim == 3 else 1
         start, layers = self._checkpoint_window()
-        centre = start if start is not None else int(self.viewer.dims.current_step[0])
         last = max(0, depth - layers)
-        lo, hi = max(0, min(centre - 6, last)), max(0, min(centre + 6, last))
-        self.start_from.setValue(lo)
-        self.start_to.setValue(hi)
+        centre = min(last, start if start is not None else int(self.viewer.dims.current_step[0]))
+        step = self.start_step.value()
+        self.start_from.setValue(centre - step * (min(6, centre) // step))
+        self.start_to.setValue(centre + step * (min(6, last - centre) // step))
 
     # ------------------------------------------------------------------ config
 
@@ -697,6 +698,7 @@ class PredictWidget(QWidget):
             _connect={"returned": self._show_metrics, "finished": self._metrics_done},
         )
         self._metrics_worker = worker
+        make_room_in_thread_pool()
         worker.start()
 
     def _metrics_done(self) -> None:
