@@ -112,6 +112,33 @@ class StallMeter(QObject):
         self._last = now
 
 
+class Throttle(QObject):
+    """Call ``callback`` at most every ``interval_ms`` however often ``request()`` is called
+    (the last request is never dropped). Progress widgets repaint synchronously
+    (``QProgressBar.setValue``), so per-step updates cost a window repaint each."""
+
+    def __init__(self, callback: Any, interval_ms: int = 250, parent: QObject | None = None):
+        super().__init__(parent)
+        self.callback, self.interval_ms = callback, interval_ms
+        self._last = -1e9
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self.flush)
+
+    def request(self) -> None:
+        """Ask for a call: now if the last one was long enough ago, else when it is due."""
+        if self._timer.isActive():
+            return
+        wait = self.interval_ms - (time.perf_counter() - self._last) * 1000
+        self._timer.start(int(max(0, wait)))
+
+    def flush(self) -> None:
+        """Call now (and cancel a pending call)."""
+        self._timer.stop()
+        self._last = time.perf_counter()
+        self.callback()
+
+
 class Session:
     """Per-viewer state shared by the docks (the Predict dock preselects the last checkpoint)."""
 

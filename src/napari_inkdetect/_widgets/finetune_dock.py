@@ -41,7 +41,13 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_inkdetect._widgets._runs import RunState, StallMeter, StoppableWorker, session
+from napari_inkdetect._widgets._runs import (
+    RunState,
+    StallMeter,
+    StoppableWorker,
+    Throttle,
+    session,
+)
 from napari_inkdetect._widgets.prediction_overlay import PredictionRunner, visible_region
 from napari_inkdetect.devices import available_devices
 from napari_inkdetect.errors import InkDetectError
@@ -104,8 +110,7 @@ class LossPlot(QWidget):
     def add_loss(self, step: int, loss: float) -> None:
         """Append one step's training loss."""
         if math.isfinite(loss):
-            self.losses.append((step, loss))
-            self.update()
+            self.losses.append((step, loss))  # drawn at the next (throttled) update()
 
     def add_f05(self, step: int, f05: float) -> None:
         """Append one validation F0.5 (plotted on a fixed 0..1 scale)."""
@@ -224,6 +229,8 @@ class FinetuneWidget(QWidget):
         self.previews = 0
         self.stall = StallMeter(parent=self)
         self.last_stall_ms: float | None = None
+        self._last_step: StepDone | None = None
+        self._step_throttle = Throttle(self._show_step, parent=self)
         self._device = ""
         self._follow_slider = True
         self._build_ui()
@@ -630,8 +637,17 @@ class FinetuneWidget(QWidget):
         )
 
     def _on_step(self, event: StepDone) -> None:
-        self.progress.setValue(event.step)
         self.loss_plot.add_loss(event.step, event.loss)
+        self._last_step = event
+        self._step_throttle.request()
+
+    def _show_step(self) -> None:
+        """Progress, ETA and the loss curve, at most 4 times a second."""
+        event = self._last_step
+        if event is None or not self._state.alive:
+            return
+        self.progress.setValue(event.step)
+        self.loss_plot.update()
         self.eta_label.setText(
             f"ETA {_format_eta(event.eta_s)}  |  {event.tiles_per_s:.1f} tiles/s  |  "
             f"{self._device}"
@@ -681,6 +697,7 @@ class FinetuneWidget(QWidget):
         )
 
     def _on_train_finished(self, event: TrainFinished) -> None:
+        self._step_throttle.flush()
         self.finished_event = event
         self.last_checkpoint = Path(event.best_path or event.last_path)
         config = self.config

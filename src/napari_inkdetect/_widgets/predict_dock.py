@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_inkdetect._widgets._runs import make_room_in_thread_pool, session
+from napari_inkdetect._widgets._runs import Throttle, make_room_in_thread_pool, session
 from napari_inkdetect._widgets.prediction_overlay import (
     PredictionRunner,
     camera_of,
@@ -192,6 +192,8 @@ class PredictWidget(QWidget):
         self._queued: PredictConfig | None = None
         self._metrics_worker: Any = None
         self._volume: Any = None
+        self._last_batch: BatchDone | None = None
+        self._batch_throttle = Throttle(self._show_batch, parent=self)
         self._build_ui()
         self._refresh_layers()
         self._on_volume_changed()
@@ -583,9 +585,11 @@ class PredictWidget(QWidget):
             )
             self._on_slider_moved()
         elif isinstance(event, BatchDone):
-            self.progress.setValue(event.done)
-            self.progress.setFormat(f"%v / %m tiles  {event.tiles_per_s:.0f} tiles/s")
+            self._last_batch = event
+            self._batch_throttle.request()
+            return
         elif isinstance(event, PredictFinished):
+            self._batch_throttle.flush()
             how = "Stopped" if event.stopped else "Done"
             self.status_label.setText(
                 f"{how}: {event.tiles} tiles in {event.seconds:.1f} s "
@@ -596,6 +600,13 @@ class PredictWidget(QWidget):
             self.profile_plot.set_profile(profile.start_layers, profile.means)
         if not isinstance(event, BatchDone):
             self._schedule_metrics()
+
+    def _show_batch(self) -> None:
+        """Progress at most 4 times a second (a progress bar repaints synchronously)."""
+        event = self._last_batch
+        if event is not None:
+            self.progress.setValue(event.done)
+            self.progress.setFormat(f"%v / %m tiles  {event.tiles_per_s:.0f} tiles/s")
 
     def _on_done(self, finished: PredictFinished | None) -> None:
         self.last_stall_ms = self.runner.last_stall_ms
