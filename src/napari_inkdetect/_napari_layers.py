@@ -22,12 +22,13 @@ MASK_COLORS = {0: "transparent", 1: "#ffffff", None: "#ffffff"}
 LayerData = tuple[Any, dict[str, Any], str]
 
 PREDICTION_KEY = "inkdetect_prediction"  # layer metadata: the prediction's zarr path
-#: transparent where p = 0, orange, then bright yellow: papyrus stays visible, ink stands out
+#: transparent below p ~ 0.4, then orange to bright yellow: papyrus stays visible, ink stands out
 INK_COLORMAP = {
     "name": "inkdetect-ink",
-    "colors": [[0, 0, 0, 0], [1.0, 0.25, 0.0, 0.55], [1.0, 0.6, 0.0, 0.85], [1.0, 1.0, 0.3, 1]],
-    "controls": [0.0, 0.35, 0.65, 1.0],
+    "colors": [[0, 0, 0, 0], [1.0, 0.2, 0.0, 0.2], [1.0, 0.55, 0.0, 0.85], [1.0, 1.0, 0.3, 1]],
+    "controls": [0.0, 0.45, 0.7, 1.0],
 }
+DERIVED_KEY = "inkdetect_derived"  # layer metadata: computed from a prediction, not painted
 DEPTH_CONVENTION = "depth slider = first layer of the model's window"
 
 
@@ -81,6 +82,11 @@ def segment_layers(segment: Segment) -> list[LayerData]:
             )
         )
     return layers
+
+
+def is_derived(layer: Any) -> bool:
+    """A layer we computed (e.g. the threshold outline): never offered as labels to train on."""
+    return bool(getattr(layer, "metadata", {}).get(DERIVED_KEY))
 
 
 def labels_kwargs(name: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -148,6 +148,7 @@ def test_threshold_outline_and_scores_against_validation_labels(dock, viewer, qt
     dock.threshold_slider.setValue(70)  # 0.70 < 0.73: every papyrus pixel is "ink"
     qtbot.waitUntil(lambda: "F0.5" in dock.metrics_label.text(), timeout=5000)
     outline = viewer.layers["ink above threshold"]
+    assert outline.name not in [dock.val_combo.itemText(i) for i in range(dock.val_combo.count())]
     np.testing.assert_array_equal(np.asarray(outline.data[0]), np.asarray(prob[0]) > 0)
     y0, x0, y1, x1 = dock.config.region or open_prediction(dock.config.out)[1]["region"]
     labels = viewer.layers["s validation labels"].data[y0:y1, x0:x1]

@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_inkdetect._napari_layers import is_derived
 from napari_inkdetect._widgets._runs import (
     RunState,
     StallMeter,
@@ -417,7 +418,9 @@ class FinetuneWidget(QWidget):
         """Refill the layer combos, keeping each choice while its layer exists."""
         images = [x.name for x in self.viewer.layers if isinstance(x, Image)]
         images.sort(key=lambda name: SEGMENT_KEY not in self.viewer.layers[name].metadata)
-        labels = [x.name for x in self.viewer.layers if isinstance(x, Labels)]
+        labels = [
+            x.name for x in self.viewer.layers if isinstance(x, Labels) and not is_derived(x)
+        ]
         train = [n for n in labels if "train" in n] + labels
         val = [n for n in labels if "validation" in n] + [NO_VALIDATION]
         self._fill(self.volume_combo, images, images[:1])

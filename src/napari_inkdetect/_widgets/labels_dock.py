@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_inkdetect._napari_layers import labels_kwargs
+from napari_inkdetect._napari_layers import is_derived, labels_kwargs
 from napari_inkdetect._writer import write_labels_layer
 from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.io.labels import (
@@ -147,7 +147,7 @@ class CrackleLabelsWidget(QWidget):
         volumes = [ly for ly in self.viewer.layers if isinstance(ly, Image)]
         volumes.sort(key=lambda ly: SEGMENT_KEY not in ly.metadata)  # our volumes first
         _fill(self.volume_combo, volumes)
-        labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels)]
+        labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and not is_derived(ly)]
         # paintable labels first: a mask or an answer key is rarely what the user paints
         labels.sort(key=lambda ly: ly.name.endswith((" mask", " truth")))
         _fill(self.labels_combo, labels)

@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_inkdetect._napari_layers import DERIVED_KEY, is_derived
 from napari_inkdetect._widgets._runs import Throttle, make_room_in_thread_pool, session
 from napari_inkdetect._widgets.prediction_overlay import (
     PredictionRunner,
@@ -364,7 +365,9 @@ class PredictWidget(QWidget):
         volumes = [x.name for x in self.viewer.layers if SEGMENT_KEY in x.metadata]
         volumes = [n for n in volumes if isinstance(self.viewer.layers[n], Image)]
         shapes = [x.name for x in self.viewer.layers if isinstance(x, Shapes)]
-        labels = [x.name for x in self.viewer.layers if isinstance(x, Labels)]
+        labels = [
+            x.name for x in self.viewer.layers if isinstance(x, Labels) and not is_derived(x)
+        ]
         val = [n for n in labels if "validation" in n] + [n for n in labels if "truth" in n]
         _fill(self.volume_combo, volumes, volumes[:1])
         _fill(self.shapes_combo, shapes, shapes[-1:])
@@ -670,7 +673,12 @@ class PredictWidget(QWidget):
             if existing is not None:
                 self.viewer.layers.remove(existing)
             existing = self.viewer.add_labels(
-                mask, name=name, scale=layer.scale, translate=layer.translate, opacity=0.9
+                mask,
+                name=name,
+                scale=layer.scale,
+                translate=layer.translate,
+                opacity=0.9,
+                metadata={DERIVED_KEY: "threshold outline"},
             )
             existing.contour = 1
             existing.editable = False
