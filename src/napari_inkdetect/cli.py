@@ -77,6 +77,13 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a prediction made differently"
     )
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers", type=int, help="start N dask worker processes here (one per GPU on CUDA)"
+    )
+    cluster.add_argument(
+        "--scheduler", help="run on the dask cluster at ADDRESS (paths must be on shared storage)"
+    )
     p.add_argument("--quiet", action="store_true")
 
 
@@ -100,7 +107,7 @@ def _add_train(sub) -> None:
         help="finetune an ink model on painted labels",
         description="Finetune an ink detector on sparse labels (1 ink, 2 not ink).",
     )
-    p.set_defaults(run=_train)
+    p.set_defaults(run=_train, train_parser=p)
     p.add_argument("segment", type=Path)
     p.add_argument("--labels", type=Path, required=True, help="sparse 0/1/2 or binary PNG/TIFF")
     p.add_argument("--out", type=Path, required=True, help="run directory")
@@ -126,6 +133,16 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda:N, mps")
     p.add_argument("--autocast", default="auto", choices=("auto", "off", "bf16", "fp16"))
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="train on N GPUs (DistributedDataParallel via torchrun; --batch-size is the "
+        "global batch); with --device cpu: N CPU processes (gloo), for testing",
+    )
+    p.add_argument(
+        "--sync-bn", action="store_true", help="with several GPUs: BatchNorm over all GPUs"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -201,6 +218,7 @@ def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_inkdetect.training import StepDone, TrainConfig, TrainFinished, Validated, train
+    from napari_inkdetect.training.distributed import Distributed, command_line, launch
 
     config = TrainConfig(
         segment=str(args.segment), labels=str(args.labels), out=str(args.out),
@@ -209,8 +227,19 @@ def _train(args: argparse.Namespace) -> int:
         depth_direction="reverse" if args.reverse else "forward", tile=args.tile,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, train=args.train_parts,
         val_every=args.val_every, device=args.device, autocast=args.autocast,
-        activation_checkpointing=args.checkpointing, seed=args.seed, resume=args.resume,
+        activation_checkpointing=args.checkpointing, sync_batchnorm=args.sync_bn,
+        seed=args.seed, resume=args.resume,
     )  # fmt: skip
+    if args.gpus is not None:  # the same command, minus --gpus, in N processes
+        argv = ["train", *command_line(args.train_parser, args, drop=("gpus",))]
+        return launch(args.gpus, argv, config)
+    if not Distributed.from_env().is_main:  # under torchrun rank 0 alone reports (errors too)
+        try:
+            for _ in train(config):
+                pass
+        except InkDetectError:
+            return EXIT_INPUT_ERROR
+        return 0
     bar = None
     for event in train(config):
         if isinstance(event, StepDone):
@@ -250,16 +279,29 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device, autocast=args.autocast, tta_flips=args.tta, tta_rot90=args.tta,
         depth_direction="reverse" if args.reverse else "auto", overwrite=args.overwrite,
     )  # fmt: skip
+    on_cluster = args.workers is not None or args.scheduler is not None
+    if on_cluster:  # one BatchDone per finished chunk; the bar counts chunks
+        from napari_inkdetect.cluster import ClusterReady, predict_on_cluster
+
+        events = predict_on_cluster(config, args.workers, args.scheduler, read_chunks=False)
+    else:
+        events = predict(config)
     bar = None
-    for event in predict(config):
+    for event in events:
         if isinstance(event, PredictStarted):
-            bar = tqdm(total=event.total_tiles, unit="tile", disable=args.quiet,
-                       dynamic_ncols=True)  # fmt: skip
+            total, initial = (event.total_chunks, event.done_chunks) if on_cluster else (
+                event.total_tiles, 0)  # fmt: skip
+            bar = tqdm(total=total, initial=initial, unit="chunk" if on_cluster else "tile",
+                       disable=args.quiet, dynamic_ncols=True)  # fmt: skip
             _say(bar, args.quiet, f"{event.path}: {event.shape} on {event.device}, "
                  f"start layers {_span(event.start_layers)}, "
                  f"{event.done_chunks}/{event.total_chunks} chunks already done")  # fmt: skip
+        elif on_cluster and isinstance(event, ClusterReady):
+            where = "local cluster" if event.local else "cluster"
+            _say(bar, args.quiet, f"{where} {event.address}, dashboard: "
+                 f"{event.dashboard_link or '- (install bokeh)'}")  # fmt: skip
         elif isinstance(event, BatchDone) and bar is not None:
-            bar.n = event.done
+            bar.n = bar.n + 1 if on_cluster else event.done
             bar.set_postfix(tiles_s=f"{event.tiles_per_s:.1f}")
             bar.refresh()
         elif isinstance(event, PredictFinished):

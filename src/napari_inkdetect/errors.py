@@ -33,5 +33,10 @@ class ConfigError(InkDetectError):
     """A setting that is out of range or inconsistent with the data."""
 
 
+class ClusterError(InkDetectError):
+    """A dask cluster that cannot be reached, has no workers, or whose workers cannot see the
+    data (the segment, checkpoint and output must be on a filesystem they share)."""
+
+
 class ChildCrashedError(InkDetectError):
     """A training or prediction process died (crash, killed, out of host memory)."""

@@ -103,6 +103,7 @@ class TrainConfig:
     autocast: str = "auto"
     activation_checkpointing: bool = False
     channels_last: bool = False
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all GPUs' tiles
     seed: int = 0
     val_every: int = 100
     val_fraction: float = 0.2  # automatic split when no val_labels: held-out components

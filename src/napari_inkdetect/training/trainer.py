@@ -8,6 +8,9 @@ the run after the current step, with the last checkpoint saved.
 
 Run directory: ``config.json``, ``metrics.jsonl``, ``last.safetensors`` + ``last.state.pt``
 (optimiser, scaler and bookkeeping, for ``resume``) and ``best.safetensors``.
+
+Under ``torchrun`` the same generator trains with DistributedDataParallel; what changes is
+all in :mod:`.distributed` (``run.dist``), which is the identity in a single process.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_inkdetect.devices import resolve_device
 from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
 from napari_inkdetect.io.atomic import atomic_path
 from napari_inkdetect.io.labels import INK, NOT_INK
@@ -43,6 +45,7 @@ from napari_inkdetect.models import (
 from napari_inkdetect.models.detector import channels_last_input, resolve_autocast_dtype
 from napari_inkdetect.training.augment import augment_batch
 from napari_inkdetect.training.config import TrainConfig, trained_parts
+from napari_inkdetect.training.distributed import Distributed
 from napari_inkdetect.training.events import (
     BatchHalved,
     CheckpointSaved,
@@ -77,6 +80,8 @@ class _Run:
     total_steps: int
     device: torch.device
     model: InkDetector
+    wrapped: nn.Module  # the model as trained: DistributedDataParallel(model) under torchrun
+    dist: Distributed
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     weights: torch.Tensor | None
@@ -93,7 +98,7 @@ class _Run:
         """Stop the prefetch thread and give GPU memory back."""
         if self.prefetcher is not None:
             self.prefetcher.close()
-        self.model = self.optimizer = None  # type: ignore[assignment]
+        self.model = self.wrapped = self.optimizer = None  # type: ignore[assignment]
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -169,8 +174,9 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _prepare_dir(config: TrainConfig) -> TrainConfig:
-    """Create the run dir, or (resume) read its config and refuse changes that matter."""
+def _prepare_dir(config: TrainConfig, write: bool = True) -> TrainConfig:
+    """Create the run dir, or (resume) read its config and refuse changes that matter;
+    ``write=False`` (ranks other than 0) only checks."""
     run_dir = Path(config.out)
     saved = run_dir / CONFIG_FILE
     if config.resume:
@@ -187,6 +193,8 @@ def _prepare_dir(config: TrainConfig) -> TrainConfig:
         raise ConfigError(
             f"{run_dir}: already holds a run; resume it (resume=True) or choose another out"
         )
+    if not write:
+        return config
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(saved, json.dumps(config.to_dict(), indent=2) + "\n")
     _write_text(run_dir / METRICS_FILE, "")
@@ -199,13 +207,17 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _setup(config: TrainConfig) -> _Run:
+    dist = Distributed.from_env()
+    micro_batch = dist.local_batch(config.batch_size)
     segment = open_segment(config.segment)
     spec, start = _window(config, segment.shape[0])
     labels = _read_labels(segment, config.labels)
     train_labels, val_labels = _split(config, segment, labels)
     model = _build_model(config)
-    config = _prepare_dir(config)
-    device = resolve_device(config.device)
+    config = _prepare_dir(config, write=dist.is_main)
+    device = dist.resolve_device(config.device)
+    if config.sync_batchnorm:
+        model = dist.sync_batchnorm(model, device)
     sampler = TileSampler(
         segment, train_labels, spec, start, config.seed, config.depth_direction == "reverse"
     )
@@ -217,6 +229,7 @@ def _setup(config: TrainConfig) -> _Run:
     model.to(device)
     if config.channels_last:
         to_channels_last_3d(model)
+    dist.start(device)
     autocast = training_autocast(device, config.autocast)
     dtype = resolve_autocast_dtype(device, autocast)
     provenance = {
@@ -226,6 +239,7 @@ def _setup(config: TrainConfig) -> _Run:
         "segment": str(config.segment),
         "init": config.init,
         "seed": config.seed,
+        **({"processes": dist.world_size} if dist.active else {}),
     }
     run = _Run(
         config=config,
@@ -239,11 +253,13 @@ def _setup(config: TrainConfig) -> _Run:
         total_steps=total,
         device=device,
         model=model,
+        wrapped=dist.wrap(model),
+        dist=dist,
         optimizer=_optimizer(model, config),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         weights=class_weights(train_labels) if config.loss.class_weights else None,
         provenance=provenance,
-        micro_batch=config.batch_size,
+        micro_batch=micro_batch,
         frozen=frozen,
         autocast=autocast,
     )
@@ -308,8 +324,10 @@ def _load_state(run: _Run) -> None:
     run.scaler.load_state_dict(state["scaler"])
     run.step, run.best_f05 = int(state["step"]), float(state["best_f05"])
     run.best_metrics = json.loads(state["best_metrics"])
-    run.micro_batch = int(state["micro_batch"])
-    _truncate_metrics(run.run_dir / METRICS_FILE, run.step)
+    if not run.dist.active:  # under DDP: one micro-batch per rank, always
+        run.micro_batch = int(state["micro_batch"])
+    if run.dist.is_main:
+        _truncate_metrics(run.run_dir / METRICS_FILE, run.step)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -348,11 +366,14 @@ def _set_train_mode(run: _Run) -> None:
 
 
 def _make_batch(run: _Run, step: int) -> Batch:
-    """The (maybe augmented) batch of ``step``: runs in the prefetch thread."""
-    batch = run.sampler.batch(step, run.config.batch_size)
+    """The (maybe augmented) batch of ``step``, this rank's share under DDP: runs in the
+    prefetch thread."""
+    corners = run.dist.shard(run.sampler.positions(step, run.config.batch_size))
+    batch = Batch(step, *run.sampler.read(corners))
     if _augment_in_worker(run):
+        seed = run.dist.rank_seed(run.config.seed)
         batch.images, batch.labels = augment_batch(
-            batch.images, batch.labels, run.config.augment, run.config.seed, step
+            batch.images, batch.labels, run.config.augment, seed, step
         )
     return batch
 
@@ -381,7 +402,7 @@ def _forward_backward(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> 
         if cfg.channels_last:
             x = channels_last_input(x)
         with autocast_context(run.device, run.autocast):
-            logits = run.model(x)
+            logits = run.wrapped(x)
         loss = sparse_loss(
             logits, y, cfg.loss.label_smoothing, cfg.loss.dice_weight, run.weights
         ) * (x.shape[0] / n)
@@ -396,7 +417,8 @@ def _train_step(run: _Run, batch: Batch) -> Iterator[Any]:
     images = batch.images.to(run.device, non_blocking=True)
     labels = batch.labels.to(run.device, non_blocking=True)
     if not _augment_in_worker(run):
-        images, labels = augment_batch(images, labels, cfg.augment, cfg.seed, batch.step)
+        seed = run.dist.rank_seed(cfg.seed)
+        images, labels = augment_batch(images, labels, cfg.augment, seed, batch.step)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(0.05 * run.total_steps)
     lr = lr_at(batch.step, run.total_steps, cfg.lr, max(1, warmup), cfg.min_lr_ratio)
     for group in run.optimizer.param_groups:
@@ -412,6 +434,12 @@ def _train_step(run: _Run, batch: Batch) -> Iterator[Any]:
             run.optimizer.zero_grad(set_to_none=True)
             if run.device.type == "cuda":
                 torch.cuda.empty_cache()
+            if run.dist.active:  # no halving: the ranks would disagree on the micro-batch
+                raise InkDetectError(
+                    f"out of memory at {run.micro_batch} tiles per process (tile {cfg.tile}, "
+                    f"{cfg.arch}); use a smaller batch_size, tile or width, more GPUs, or "
+                    "activation_checkpointing"
+                ) from None
             if run.micro_batch == 1:
                 raise InkDetectError(
                     f"out of memory at batch 1 (tile {cfg.tile}, {cfg.arch}); use a smaller "
@@ -419,6 +447,7 @@ def _train_step(run: _Run, batch: Batch) -> Iterator[Any]:
                 ) from None
             run.micro_batch = max(1, run.micro_batch // 2)
             yield BatchHalved(run.micro_batch, math.ceil(cfg.batch_size / run.micro_batch))
+    loss = run.dist.mean(loss)  # the same on all ranks: a NaN stops them all
     if not math.isfinite(loss):
         raise InkDetectError(
             f"training diverged: loss is {loss} at step {batch.step + 1}; the last good "
@@ -530,15 +559,16 @@ def _after_step(run: _Run) -> Iterator[Any]:
 
 
 def _finish(run: _Run, started: float, stopped: bool) -> Iterator[Any]:
-    last = _save_last(run)
-    yield CheckpointSaved(last, run.step, "last")
+    if run.dist.is_main:
+        yield CheckpointSaved(_save_last(run), run.step, "last")
+        if run.val_labels is None:  # no validation: the best is the last
+            yield CheckpointSaved(_save_model(run, BEST, None), run.step, "best")
+    run.dist.barrier()  # the other ranks finish once rank 0's files exist
     best = run.run_dir / BEST
-    if run.val_labels is None:  # no validation: the best is the last
-        yield CheckpointSaved(_save_model(run, BEST, None), run.step, "best")
     yield TrainFinished(
         run_dir=run.run_dir,
         best_path=best if best.exists() else None,
-        last_path=last,
+        last_path=run.run_dir / LAST,
         steps=run.step,
         seconds=time.perf_counter() - started,
         stopped=stopped,
@@ -554,12 +584,14 @@ def _loop(run: _Run, stop: Any) -> Iterator[Any]:
     first, step_time, eta = run.step, 0.0, math.inf
     batches = iter(run.prefetcher)
     while run.step < run.total_steps:
-        if stop is not None and stop.is_set():
+        if run.dist.any(stop is not None and stop.is_set()):
             break
         t0 = time.perf_counter()
         batch = next(batches)
         loss, lr = yield from _train_step(run, batch)
         run.step += 1
+        if not run.dist.is_main:  # rank 0 alone logs, reports, validates and saves; the
+            continue  # others wait for it at the next step's stop all-reduce
         step_time += time.perf_counter() - t0
         rate = (run.step - first) / step_time
         eta = min(eta, (run.total_steps - run.step) / rate)
@@ -574,11 +606,15 @@ def _loop(run: _Run, stop: Any) -> Iterator[Any]:
 def train(config: TrainConfig, stop: Any = None) -> Iterator[Any]:
     """Train as ``config`` says, yielding events; ``stop`` (a ``threading.Event``) ends the
     run cleanly after the current step. Raises ``InkDetectError`` subclasses on bad input,
-    divergence (NaN loss) or out of memory at batch 1."""
+    divergence (NaN loss) or out of memory at batch 1.
+
+    Under torchrun (see :mod:`.distributed`) every rank trains; ranks other than 0 yield
+    only :class:`TrainFinished`."""
     run = _setup(config)
     try:
         params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-        yield TrainStarted(run.config, run.total_steps, str(run.device), params, run.step)
+        if run.dist.is_main:
+            yield TrainStarted(run.config, run.total_steps, str(run.device), params, run.step)
         yield from _loop(run, stop)
     finally:
         run.close()
