@@ -34,10 +34,7 @@ def main() -> None:
     viewer = napari.Viewer(title="napari-inkdetect: synthetic crackle sample")
     viewer.window.resize(1560, 960)
     add_layers(viewer, make_sample_segment())
-    labels, finetune, predict, export = add_docks(viewer)
-    viewer.window._qt_window.tabifyDockWidget(
-        export.parent(), labels.parent()
-    ) if hasattr(viewer.window, "_qt_window") else None
+    _, finetune, predict, _ = add_docks(viewer)
     start = 6  # the window 6-27 holds the sample's ink band (layers 16-22)
     viewer.dims.set_current_step(0, start)
     frames: list[Image.Image] = []
@@ -56,6 +53,10 @@ def main() -> None:
                 grab()
                 last = time.perf_counter()
             time.sleep(0.01)
+
+    def settle(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        pump(lambda: time.perf_counter() > end, 10 * seconds)
 
     pump(lambda: len(frames) >= 2, 0.5)
     finetune.device_combo.setCurrentText("cpu")
@@ -81,10 +82,10 @@ def main() -> None:
     predict.threshold_slider.setValue(50)
     for z in range(predict.start_from.value(), predict.start_to.value() + 1, 2):
         viewer.dims.set_current_step(0, z)
-        pump(lambda t=time.perf_counter(): time.perf_counter() - t > 1.2, 10)
+        settle(1.2)
         grab()
     viewer.dims.set_current_step(0, start)
-    pump(lambda t=time.perf_counter(): time.perf_counter() - t > 1.5, 10)
+    settle(1.5)
     viewer.screenshot(str(DOCS / "workflow.png"), canvas_only=False, flash=False)
     frames[0].save(
         DOCS / "workflow.gif",
