@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from napari_inkdetect.cli import main
 
@@ -131,6 +132,14 @@ def test_predict_export_and_evaluate(sample_dir, tmp_path, capsys):
     assert all(0 <= r["best_f05"] <= 1 and r["n_ink"] > 0 for r in rows)
     assert main(["evaluate", str(out), "--truth", str(truth), "--start-layer", "11"]) == 1
     assert "start layer 11 not predicted" in capsys.readouterr().err
+
+    sweep = tmp_path / "sweep"
+    assert main(["export", str(out), "--out", str(sweep), "--images", "none", "--quiet"]) == 0
+    assert sorted(p.name for p in sweep.iterdir()) == ["pred_sweep.gif"]
+    with Image.open(sweep / "pred_sweep.gif") as gif:
+        assert gif.n_frames == 3  # one frame per start layer
+    assert main(["export", str(out), "--images", "jpg"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1  # one line, no traceback
 
 
 def test_predict_bad_inputs(sample_dir, tmp_path, capsys):

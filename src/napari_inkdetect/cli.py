@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_evaluate(sub)
+    _add_export(sub)
     return parser
 
 
@@ -313,6 +314,59 @@ def _predict(args: argparse.Namespace) -> int:
         folder = args.out.with_name(args.out.name.split(".")[0] + f"_{args.format}")
         files = export_prediction(args.out, folder, format=args.format)
         print(f"{len(files)} images in {folder}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="a prediction as images, max projection and a GIF/MP4 depth sweep",
+        description="PNG/TIFF per start layer, the max projection, and an animated depth sweep "
+        "with the volume underneath.",
+    )
+    p.set_defaults(run=_export)
+    p.add_argument("prediction", type=Path, help="a zarr written by `predict`")
+    p.add_argument("--out", type=Path, help="output folder (default: <name>_export beside it)")
+    p.add_argument("--images", default="png", help="png, tif, png,tif or none")
+    p.add_argument("--no-max", action="store_true", help="no max projection image")
+    p.add_argument("--no-gif", action="store_true", help="no animated GIF")
+    p.add_argument("--mp4", action="store_true", help="also an MP4 (needs imageio-ffmpeg)")
+    p.add_argument("--fps", type=float, default=4.0)
+    p.add_argument("--max-side", type=int, default=1024, help="sweep frame side cap; 0: full")
+    p.add_argument("--alpha", type=float, default=0.6, help="opacity of certain ink")
+    p.add_argument("--threshold", type=float, help="draw no ink below this probability")
+    p.add_argument(
+        "--underlay",
+        default="middle",
+        choices=("middle", "start", "none"),
+        help="volume layer under start layer s: its window's middle, s, or none",
+    )
+    p.add_argument("--no-label", action="store_true", help="no 'start layer' caption")
+    p.add_argument("--segment", type=Path, help="the segment, if it moved since predict")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_inkdetect.export import ExportConfig, run_export
+
+    out = args.out or args.prediction.parent / f"{args.prediction.name.split('.')[0]}_export"
+    config = ExportConfig(
+        prediction=str(args.prediction), out_dir=str(out),
+        images=() if args.images == "none" else tuple(args.images.split(",")),
+        max_projection=not args.no_max, gif=not args.no_gif, mp4=args.mp4, fps=args.fps,
+        max_side=args.max_side or None, alpha=args.alpha, threshold=args.threshold,
+        underlay=args.underlay, label=not args.no_label, segment=_str(args.segment),
+    )  # fmt: skip
+    with tqdm(unit="step", disable=args.quiet, dynamic_ncols=True) as bar:
+
+        def show(event) -> None:
+            bar.total = event.total
+            bar.update(event.done - bar.n)
+
+        written = run_export(config, on_event=show)
+    print(f"wrote {len(written)} files to {out}")
     return 0
 
 

@@ -237,3 +237,23 @@ def test_the_last_finetuned_checkpoint_is_preselected(viewer, checkpoints):
     session(viewer).set_checkpoint(checkpoints["random"], 4, 8)
     assert widget.checkpoint_edit.text() == str(checkpoints["random"])
     assert (widget.start_from.value(), widget.start_to.value()) == (0, 8)
+
+
+@pytest.mark.slow
+def test_local_workers_stream_into_the_same_overlay(dock, viewer, qtbot, tmp_path):
+    dock.start_from.setValue(2)
+    dock.start_to.setValue(4)
+    dock.run_on_combo.setCurrentText("local workers")
+    dock.workers_spin.setValue(2)
+    config = dock.build_config().with_(chunk=64)
+    events = run(dock, qtbot, config)
+    assert "dask workers" in next(e for e in events if isinstance(e, PredictStarted)).device
+    assert len([e for e in events if isinstance(e, ChunkDone)]) > 1
+    assert dock.runner.finished is not None and not dock.runner.finished.stopped
+
+    from napari_inkdetect.inference import run_prediction
+
+    reference = run_prediction(config.with_(out=str(tmp_path / "one-process.zarr")))
+    np.testing.assert_array_equal(
+        np.asarray(dock.overlay().data), np.asarray(open_prediction(reference)[0])
+    )
