@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.qt.threading import GeneratorWorker
+from napari.qt.threading import GeneratorWorker, create_worker
 from psygnal import Signal
 from qtpy.QtCore import QObject, QThreadPool, QTimer
 
@@ -50,6 +50,19 @@ class StoppableWorker(GeneratorWorker):
         """Ask the engine to stop after its current step or batch."""
         if self.stop_event is not None:
             self.stop_event.set()
+
+
+def stoppable_worker(
+    function: Any, *args: Any, connect: dict[str, Any]
+) -> tuple[StoppableWorker, threading.Event]:
+    """A not-yet-started worker running ``function(*args, stop)`` with its ``stop`` event
+    (set by ``quit()``, the dock's Stop button and the dock's destruction)."""
+    stop = threading.Event()
+    worker = create_worker(
+        function, *args, stop, _worker_class=StoppableWorker, _start_thread=False, _connect=connect
+    )
+    worker.stop_event = stop
+    return worker, stop
 
 
 @dataclass

@@ -8,12 +8,10 @@ events into progress on the GUI thread. Export becomes Stop while a run goes on.
 from __future__ import annotations
 
 import importlib.util
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -32,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_inkdetect._napari_layers import PREDICTION_KEY
-from napari_inkdetect._widgets._runs import RunState, StoppableWorker
+from napari_inkdetect._widgets._runs import RunState, StoppableWorker, stoppable_worker
 from napari_inkdetect.errors import ConfigError, InkDetectError
 from napari_inkdetect.export import MP4_HINT, ExportConfig, FileWritten, FrameRendered, export
 
@@ -210,22 +208,16 @@ class ExportWidget(QWidget):
         except InkDetectError as exc:
             self._show_error(str(exc))
             return None
-        stop = threading.Event()
-        self._state.stop = stop
-        worker = create_worker(
+        worker, self._state.stop = stoppable_worker(
             export,
             config,
-            stop,
-            _worker_class=StoppableWorker,
-            _start_thread=False,
-            _connect={
+            connect={
                 "yielded": self._on_event,
                 "returned": self._on_returned,
                 "errored": self._on_errored,
                 "finished": self._on_finished,
             },
         )
-        worker.stop_event = stop
         self.worker, self.written = worker, []
         self.export_button.setText("Stop")
         self.progress.setRange(0, 1)

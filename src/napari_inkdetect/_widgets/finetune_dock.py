@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QEvent, QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
@@ -26,7 +25,6 @@ from qtpy.QtWidgets import (
     QAbstractSpinBox,
     QButtonGroup,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -35,19 +33,20 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QRadioButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
 
 from napari_inkdetect._napari_layers import is_derived
+from napari_inkdetect._widgets._form import combo, double_spin, fill_names, spin
 from napari_inkdetect._widgets._runs import (
     RunState,
     StallMeter,
     StoppableWorker,
     Throttle,
     session,
+    stoppable_worker,
 )
 from napari_inkdetect._widgets.prediction_overlay import PredictionRunner, visible_region
 from napari_inkdetect.devices import available_devices
@@ -182,31 +181,6 @@ def _format_eta(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
-def _double(lo: float, hi: float, value: float, step: float, decimals: int) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setDecimals(decimals)
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
-def _combo(items: list[str] | tuple[str, ...], current: str | None = None) -> QComboBox:
-    box = QComboBox()
-    box.addItems(list(items))
-    if current is not None:
-        box.setCurrentText(current)
-    return box
-
-
 class FinetuneWidget(QWidget):
     """Finetune a model on the painted labels; Finetune becomes Stop while a run goes on.
 
@@ -274,8 +248,8 @@ class FinetuneWidget(QWidget):
         self._model_group = QButtonGroup(self)
         self._model_group.addButton(self.new_radio)
         self._model_group.addButton(self.checkpoint_radio)
-        self.arch_combo = _combo(list_models(), "resnet10")
-        self.width_spin = _double(0.0625, 2.0, 1.0, 0.125, 4)
+        self.arch_combo = combo(list_models(), "resnet10")
+        self.width_spin = double_spin(0.0625, 2.0, 1.0, 0.125, 4)
         self.width_spin.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)  # "0.0625" fits
         self.width_spin.setToolTip("channel width multiplier: 0.125-0.25 train on a CPU")
         new_row = QHBoxLayout()
@@ -298,21 +272,21 @@ class FinetuneWidget(QWidget):
 
     def _training_form(self) -> QFormLayout:
         form = QFormLayout()
-        self.start_spin = _spin(0, 0, 0)
+        self.start_spin = spin(0, 0, 0)
         self.start_spin.setToolTip("first layer of the window; follows the depth slider")
         self.slider_button = QPushButton("from slider")
         start_row = QHBoxLayout()
         start_row.addWidget(self.start_spin, 1)
         start_row.addWidget(self.slider_button)
-        self.layers_spin = _spin(1, 256, 22)
-        self.scale_spin = _double(0.1, 8.0, 1.0, 0.1, 3)
+        self.layers_spin = spin(1, 256, 22)
+        self.scale_spin = double_spin(0.1, 8.0, 1.0, 0.1, 3)
         self.scale_spin.setToolTip("in-plane zoom; fragment-trained models need ~2.44 on scrolls")
-        self.steps_spin = _spin(1, 10_000_000, 1000, 100)
-        self.batch_spin = _spin(1, 1024, 8)
-        self.lr_spin = _double(1e-6, 1.0, 3e-4, 1e-4, 6)
-        self.train_combo = _combo(TRAIN_PARTS, "all")
+        self.steps_spin = spin(1, 10_000_000, 1000, 100)
+        self.batch_spin = spin(1, 1024, 8)
+        self.lr_spin = double_spin(1e-6, 1.0, 3e-4, 1e-4, 6)
+        self.train_combo = combo(TRAIN_PARTS, "all")
         self.train_combo.setToolTip("parts to train; the others stay frozen")
-        self.device_combo = _combo(available_devices())
+        self.device_combo = combo(available_devices())
         for label, widget in (
             ("Start layer", start_row),
             ("Layers", self.layers_spin),
@@ -331,16 +305,16 @@ class FinetuneWidget(QWidget):
         inner = QWidget()
         form = QFormLayout(inner)
         form.setContentsMargins(0, 0, 0, 0)
-        self.tile_spin = _spin(32, 2048, 256, 32)
-        self.val_every_spin = _spin(1, 1_000_000, 100, 10)
-        self.autocast_combo = _combo(AUTOCAST, "auto")
-        self.seed_spin = _spin(0, 2**31 - 1, 0)
-        self.preview_spin = _spin(0, 1_000_000, 100, 50)
+        self.tile_spin = spin(32, 2048, 256, 32)
+        self.val_every_spin = spin(1, 1_000_000, 100, 10)
+        self.autocast_combo = combo(AUTOCAST, "auto")
+        self.seed_spin = spin(0, 2**31 - 1, 0)
+        self.preview_spin = spin(0, 1_000_000, 100, 50)
         self.preview_spin.setSpecialValueText("off")
         self.preview_spin.setToolTip(
             "every N steps, the model so far predicts the view (the 'preview' layer)"
         )
-        self.preview_side_spin = _spin(64, 16384, 512, 128)
+        self.preview_side_spin = spin(64, 16384, 512, 128)
         self.preview_side_spin.setToolTip("largest side of the previewed view (volume px)")
         self.runs_edit = QLineEdit(str(DEFAULT_RUNS))
         self.runs_edit.setToolTip("each run gets its own <segment>-<time> folder in here")
@@ -423,22 +397,9 @@ class FinetuneWidget(QWidget):
         ]
         train = [n for n in labels if "train" in n] + labels
         val = [n for n in labels if "validation" in n] + [NO_VALIDATION]
-        self._fill(self.volume_combo, images, images[:1])
-        self._fill(self.labels_combo, labels, train[:1])
-        self._fill(self.val_combo, [NO_VALIDATION, *labels], val[:1])
-
-    @staticmethod
-    def _fill(combo: QComboBox, names: list[str], preferred: list[str]) -> None:
-        current = combo.currentText()
-        combo.blockSignals(True)
-        combo.clear()
-        combo.addItems(names)
-        combo.blockSignals(False)
-        if current in names:
-            combo.setCurrentText(current)
-        elif preferred:
-            combo.setCurrentText(preferred[0])
-        combo.currentIndexChanged.emit(combo.currentIndex())
+        fill_names(self.volume_combo, images, images[:1])
+        fill_names(self.labels_combo, labels, train[:1])
+        fill_names(self.val_combo, [NO_VALIDATION, *labels], val[:1])
 
     def _on_volume_changed(self, *_: Any) -> None:
         """The start layer ranges over the chosen volume's depth."""
@@ -569,21 +530,15 @@ class FinetuneWidget(QWidget):
         except InkDetectError as exc:
             self._show_error(str(exc))
             return None
-        stop = threading.Event()
-        self._state.stop = stop
-        worker = create_worker(
+        worker, self._state.stop = stoppable_worker(
             relay_training,
             config,
-            stop,
-            _worker_class=TrainWorker,
-            _start_thread=False,
-            _connect={
+            connect={
                 "yielded": self._on_event,
                 "errored": self._on_errored,
                 "finished": self._on_finished,
             },
         )
-        worker.stop_event = stop
         self.worker, self.config = worker, config
         self._reset_progress(config)
         self.stall.start()

@@ -35,13 +35,13 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSlider,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
 
 from napari_inkdetect._napari_layers import DERIVED_KEY, is_derived
+from napari_inkdetect._widgets._form import combo, fill_names, spin
 from napari_inkdetect._widgets._runs import Throttle, make_room_in_thread_pool, session
 from napari_inkdetect._widgets.prediction_overlay import (
     PredictionRunner,
@@ -140,22 +140,6 @@ class ProfilePlot(QWidget):
         )
 
 
-def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(lo, hi)
-    spin.setValue(value)
-    spin.setSingleStep(step)
-    return spin
-
-
-def _combo(items: list[str] | tuple[str, ...], current: str | None = None) -> QComboBox:
-    combo = QComboBox()
-    combo.addItems(list(items))
-    if current is not None:
-        combo.setCurrentText(current)
-    return combo
-
-
 def run_source(run_on: str, workers: int, address: str) -> Any:
     """The event generator for where the user wants the work done."""
     if run_on == "this process":
@@ -240,25 +224,25 @@ class PredictWidget(QWidget):
         ckpt_row = QHBoxLayout()
         ckpt_row.addWidget(self.checkpoint_edit, 1)
         ckpt_row.addWidget(self.browse_checkpoint)
-        self.region_combo = _combo(REGIONS, REGIONS[0])
+        self.region_combo = combo(REGIONS, REGIONS[0])
         self.shapes_combo = QComboBox()
         region_row = QHBoxLayout()
         region_row.addWidget(self.region_combo, 1)
         region_row.addWidget(self.shapes_combo, 1)
-        self.start_from = _spin(0, 0, 0)
-        self.start_to = _spin(0, 0, 0)
-        self.start_step = _spin(1, 64, 2)
+        self.start_from = spin(0, 0, 0)
+        self.start_to = spin(0, 0, 0)
+        self.start_step = spin(1, 64, 2)
         starts_row = QHBoxLayout()
         parts = ((self.start_from, None), (self.start_to, "to"), (self.start_step, "step"))
         for widget, text in parts:
             if text:
                 starts_row.addWidget(QLabel(text))
             starts_row.addWidget(widget, 1)
-        self.stride_spin = _spin(0, 4096, 0, 16)
+        self.stride_spin = spin(0, 4096, 0, 16)
         self.stride_spin.setSpecialValueText("tile / 2")
         self.stride_spin.setToolTip("model pixels between tiles (smaller: smoother, slower)")
-        self.device_combo = _combo(available_devices())
-        self.direction_combo = _combo(DIRECTIONS, "auto")
+        self.device_combo = combo(available_devices())
+        self.direction_combo = combo(DIRECTIONS, "auto")
         self.direction_combo.setToolTip("auto: the checkpoint's depth order")
         self.tta_check = QCheckBox("TTA (flips + rotations, 8x slower)")
         for label, widget in (
@@ -281,12 +265,12 @@ class PredictWidget(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         self.out_edit = QLineEdit(str(DEFAULT_OUT))
         self.out_edit.setToolTip("predictions are kept here as zarr (open one to restore it)")
-        self.batch_spin = _spin(1, 1024, 8)
-        self.max_view_spin = _spin(128, 65536, 2048, 256)
+        self.batch_spin = spin(1, 1024, 8)
+        self.max_view_spin = spin(128, 65536, 2048, 256)
         self.max_view_spin.setToolTip("largest side predicted for 'Current view' (volume px)")
-        self.dtype_combo = _combo(("uint8", "float16"), "uint8")
-        self.run_on_combo = _combo(RUN_ON, RUN_ON[0])
-        self.workers_spin = _spin(1, 256, 2)
+        self.dtype_combo = combo(("uint8", "float16"), "uint8")
+        self.run_on_combo = combo(RUN_ON, RUN_ON[0])
+        self.workers_spin = spin(1, 256, 2)
         self.address_edit = QLineEdit()
         self.address_edit.setPlaceholderText("tcp://scheduler:8786 (shared filesystem)")
         for label, widget in (
@@ -314,7 +298,7 @@ class PredictWidget(QWidget):
         threshold_row.addWidget(self.threshold_slider, 1)
         threshold_row.addWidget(self.threshold_label)
         threshold_row.addWidget(self.outline_check)
-        self.min_size_spin = _spin(0, 1_000_000, 0, 10)
+        self.min_size_spin = spin(0, 1_000_000, 0, 10)
         self.min_size_spin.setSpecialValueText("keep all")
         self.min_size_spin.setToolTip("drop thresholded blobs smaller than this (px)")
         self.val_combo = QComboBox()
@@ -369,9 +353,9 @@ class PredictWidget(QWidget):
             x.name for x in self.viewer.layers if isinstance(x, Labels) and not is_derived(x)
         ]
         val = [n for n in labels if "validation" in n] + [n for n in labels if "truth" in n]
-        _fill(self.volume_combo, volumes, volumes[:1])
-        _fill(self.shapes_combo, shapes, shapes[-1:])
-        _fill(self.val_combo, [NO_LABELS, *labels], val[:1] or [NO_LABELS])
+        fill_names(self.volume_combo, volumes, volumes[:1])
+        fill_names(self.shapes_combo, shapes, shapes[-1:])
+        fill_names(self.val_combo, [NO_LABELS, *labels], val[:1] or [NO_LABELS])
 
     def _on_layer_removed(self, event: Any = None) -> None:
         """A removed overlay stops the run drawing into it; a removed volume stops it too."""
@@ -393,8 +377,8 @@ class PredictWidget(QWidget):
             return
         self._volume = volume
         depth = int(volume.data.shape[0]) if volume is not None and volume.ndim == 3 else 1
-        for spin in (self.start_from, self.start_to):
-            spin.setMaximum(max(0, depth - 1))
+        for box in (self.start_from, self.start_to):
+            box.setMaximum(max(0, depth - 1))
         self._default_start_layers()
 
     def _on_region_mode_changed(self, *_: Any) -> None:
@@ -809,19 +793,6 @@ def plane_scores(
             scores, f05=at.f05, precision=at.precision, recall=at.recall, threshold=threshold
         )
     return scores
-
-
-def _fill(combo: QComboBox, names: list[str], preferred: list[str]) -> None:
-    current = combo.currentText()
-    combo.blockSignals(True)
-    combo.clear()
-    combo.addItems(names)
-    combo.blockSignals(False)
-    if current in names:
-        combo.setCurrentText(current)
-    elif preferred:
-        combo.setCurrentText(preferred[0])
-    combo.currentIndexChanged.emit(combo.currentIndex())
 
 
 __all__ = ["PredictWidget", "ProfilePlot", "plane_scores", "prediction_path", "threshold_mask"]

@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QTimer
 
 from napari_inkdetect._napari_layers import PREDICTION_KEY, prediction_layers
-from napari_inkdetect._widgets._runs import RunState, StallMeter, StoppableWorker
+from napari_inkdetect._widgets._runs import (
+    RunState,
+    StallMeter,
+    StoppableWorker,
+    stoppable_worker,
+)
 from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.inference import (
     BatchDone,
@@ -159,24 +163,18 @@ class PredictionRunner(QObject):
         """Run ``config``; overlay layers are named ``name`` (default: from the output)."""
         if self.running:
             raise InkDetectError("a prediction is already running: stop it first")
-        stop = threading.Event()
-        self._state.stop = stop
         self._volume, self._name = volume, name
         self.finished, self.error, self.profile = None, None, None
-        worker = create_worker(
+        worker, self._state.stop = stoppable_worker(
             relay,
             source,
             config,
-            stop,
-            _worker_class=StoppableWorker,
-            _start_thread=False,
-            _connect={
+            connect={
                 "yielded": self._on_event,
                 "errored": self._on_errored,
                 "finished": self._on_finished,
             },
         )
-        worker.stop_event = stop
         self.worker = worker
         self.stall.start()
         worker.start()
