@@ -5,15 +5,17 @@ Run: ``xvfb-run -a python benchmarks/bench_responsiveness.py [--steps 150] [--si
 A 10 ms Qt timer runs on the GUI thread (the docks' ``StallMeter``); a late tick means the
 loop was blocked that long. Measured through the real docks in a shown viewer:
 
-1. idle: the viewer with a segment, nothing running (the floor of this machine);
+1. idle: the viewer with a segment, nothing running, after a 3 s warm-up (the floor of this
+   machine: under Xvfb every repaint goes through Mesa's software OpenGL);
 2. finetune: the Finetune dock trains a 1/8-width resnet10 in its child process, with a live
    preview every ``steps // 3`` steps (preview predictions run in a thread of the GUI process);
 3. predict: the Predict dock predicts the whole mask over 5 start layers in a thread,
    streaming chunks into the overlay (refreshes throttled to 4 per second);
-4. follow: the Predict dock in follow-the-view mode while the camera pans every 0.3 s.
+4. pan: the camera pans every 0.3 s, nothing running (the floor for 5: each pan repaints);
+5. follow: the Predict dock in follow-the-view mode while the camera pans the same way.
 
-Target: the longest stall < 100 ms in 2-4. Prints the longest stall, the 99th percentile and
-the ratio to idle.
+Target: the longest stall < 100 ms in 2, 3 and 5. Prints the longest stall, the 99th
+percentile, the number of stalls over 100 ms and the ratio to the matching floor.
 """
 
 from __future__ import annotations
@@ -56,8 +58,25 @@ def measure(app: QApplication, action, done, meter: StallMeter) -> dict[str, flo
         "seconds": round(time.perf_counter() - started, 1),
         "longest_ms": round(meter.longest_ms, 1),
         "p99_ms": round(meter.percentile(99), 1),
+        "over_100ms": sum(late > TARGET_MS for late in meter.lates),
         "ticks": meter.ticks,
     }
+
+
+def panner(camera, centres, busy):
+    """A ``done()`` that pans to the next centre every 0.3 s, true once all are visited and
+    ``busy()`` is false."""
+    pending, last = list(centres), [time.perf_counter()]
+
+    def done() -> bool:
+        if time.perf_counter() - last[0] > 0.3:
+            last[0] = time.perf_counter()
+            if not pending:
+                return not busy()
+            camera.center = (0, *pending.pop(0))
+        return False
+
+    return done
 
 
 def main() -> None:
@@ -78,6 +97,8 @@ def main() -> None:
     wait(app, lambda: True)
     meter = StallMeter()
     results: dict[str, dict[str, float]] = {}
+    warm_until = time.perf_counter() + 3
+    wait(app, lambda: time.perf_counter() > warm_until)
 
     idle_until = time.perf_counter() + 5
     results["idle"] = measure(app, lambda: None, lambda: time.perf_counter() > idle_until, meter)
@@ -107,34 +128,25 @@ def main() -> None:
     camera.zoom *= 3
     predict.max_view_spin.setValue(256)
     centres = [(args.size * f, args.size * g) for f, g in np.random.default_rng(0).random((8, 2))]
-    pans = iter(centres)
-
-    def pan_then_follow() -> None:
-        predict.follow_check.setChecked(True)
-
-    last_pan = [time.perf_counter()]
-
-    def panned_all() -> bool:
-        now = time.perf_counter()
-        if now - last_pan[0] > 0.3:
-            last_pan[0] = now
-            centre = next(pans, None)
-            if centre is None:
-                return not predict.running
-            camera.center = (0, *centre)
-        return False
-
-    results["follow"] = measure(app, pan_then_follow, panned_all, meter)
+    results["pan"] = measure(app, lambda: None, panner(camera, centres, lambda: False), meter)
+    results["follow"] = measure(
+        app,
+        lambda: predict.follow_check.setChecked(True),
+        panner(camera, centres[::-1], lambda: predict.running),
+        meter,
+    )
     predict.follow_check.setChecked(False)
 
-    idle = max(results["idle"]["longest_ms"], 1.0)
     print(json.dumps(results, indent=1))
-    print(f"{'phase':<10}{'longest ms':>12}{'p99 ms':>9}{'x idle':>9}  target < {TARGET_MS:.0f}")
+    floors = {"finetune": "idle", "predict": "idle", "follow": "pan"}
+    header = f"{'phase':<10}{'longest ms':>12}{'p99 ms':>9}{'>100 ms':>9}{'x floor':>9}"
+    print(f"{header}  target < {TARGET_MS:.0f}")
     for phase, r in results.items():
-        ok = "" if phase == "idle" else ("ok" if r["longest_ms"] < TARGET_MS else "MISSED")
+        floor = results[floors.get(phase, phase)]["longest_ms"]
+        ok = "" if phase not in floors else ("ok" if r["longest_ms"] < TARGET_MS else "MISSED")
         print(
-            f"{phase:<10}{r['longest_ms']:>12.1f}{r['p99_ms']:>9.1f}"
-            f"{r['longest_ms'] / idle:>9.2f}  {ok}"
+            f"{phase:<10}{r['longest_ms']:>12.1f}{r['p99_ms']:>9.1f}{r['over_100ms']:>9}"
+            f"{r['longest_ms'] / max(floor, 1.0):>9.2f}  {ok}"
         )
     viewer.close()
 

@@ -8,6 +8,7 @@ preview while training). The engine writes every finished chunk to its zarr befo
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -213,9 +214,18 @@ class PredictionRunner(QObject):
         else:
             for layer in alive:
                 self.viewer.layers.remove(layer)
-            self.layers = [self.viewer.add_image(data, **kwargs) for data, kwargs, _ in tuples]
+            # napari spends 100-250 ms adding a layer (controls, vispy node): one per event-loop
+            # turn, so the GUI never stalls for all of them at once
+            data, kwargs, _ = tuples[0]
+            self.layers = [self.viewer.add_image(data, **kwargs)]
+            for data, kwargs, _ in tuples[1:]:
+                QTimer.singleShot(0, functools.partial(self._add_later, data, kwargs))
         scale = 255.0 if event.dtype == "uint8" else 1.0
         self.profile = ProfileAccumulator(event.start_layers, scale)
+
+    def _add_later(self, data: Any, kwargs: dict[str, Any]) -> None:
+        if self._state.alive:
+            self.layers.append(self.viewer.add_image(data, **kwargs))
 
     def refresh(self, all_layers: bool = False) -> None:
         """Re-read what is on disk (throttled; the max projection only when asked)."""
@@ -287,7 +297,11 @@ def _flatten(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _update(layer: Any, data: Any, kwargs: dict[str, Any]) -> None:
-    layer.data = data
-    layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+    """Point a layer at a new output, touching only what changed (each set re-slices)."""
+    for key in ("scale", "translate"):
+        if not np.allclose(getattr(layer, key), kwargs[key]):
+            setattr(layer, key, kwargs[key])
     layer.metadata = kwargs["metadata"]
-    layer.name = kwargs["name"]
+    if layer.name != kwargs["name"]:
+        layer.name = kwargs["name"]
+    layer.data = data
