@@ -131,6 +131,33 @@ def test_several_start_layers_read_each_position_once(data, tmp_path):
     assert not np.array_equal(multi[0], multi[2])
 
 
+# --------------------------------------------------------------------------- overview levels
+
+
+def test_large_outputs_get_overview_levels_equal_to_block_means(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "LEVELS_ABOVE", 64)  # as if 224 px were 13k px
+    cfg = _config(data, tmp_path / "o.zarr", start_layers=(2, 5))
+    run_prediction(cfg)
+    levels = inference.open_overviews(cfg.out)
+    prob = np.asarray(levels[0]).astype(np.float64)
+    n, h, w = prob.shape
+    assert [lv.shape for lv in levels[1:]] == [
+        (n, -(-h // 2), -(-w // 2)),
+        (n, -(-h // 4), -(-w // 4)),
+    ]
+    for level, f in zip(levels[1:], (2, 4), strict=True):
+        padded = np.full((n, -(-h // f) * f, -(-w // f) * f), np.nan)
+        padded[:, :h, :w] = prob
+        blocks = padded.reshape(n, -(-h // f), f, -(-w // f), f)
+        np.testing.assert_array_equal(np.asarray(level), np.rint(np.nanmean(blocks, axis=(2, 4))))
+    # napari shows them as one multiscale layer (so zooming out reads the small level)
+    from napari_inkdetect._napari_layers import prediction_layers
+
+    (data_, kwargs, _), (peak, peak_kwargs, _) = prediction_layers(cfg.out)
+    assert kwargs["multiscale"] and [d.shape for d in data_] == [lv.shape for lv in levels]
+    assert peak_kwargs["multiscale"] and peak[2].shape == levels[2].shape[1:]
+
+
 # --------------------------------------------------------------------------- resume
 
 

@@ -135,9 +135,10 @@ def prediction_layers(
     the per-start-layer probabilities on the depth axis, and their max over start layers."""
     import dask.array as da
 
-    from napari_inkdetect.inference import open_prediction
+    from napari_inkdetect.inference import open_overviews, open_prediction
 
     prob, prov = open_prediction(path)
+    levels = open_overviews(path)  # large outputs: overview levels written by the engine
     starts, layers = list(prov["start_layers"]), int(prov["window_length"])
     place = prediction_placement(starts, prov["region"], volume_scale, volume_translate)
     limits = (0.0, 255.0) if prob.dtype == "uint8" else (0.0, 1.0)
@@ -152,11 +153,13 @@ def prediction_layers(
         "checkpoint": prov.get("checkpoint"),
     }
     look = {"colormap": INK_COLORMAP, "blending": "translucent", "contrast_limits": limits}
+    multiscale = len(levels) > 1
     out: list[LayerData] = [
         (
-            prob,
+            levels if multiscale else prob,
             {
                 "name": f"{name} (z = window start, {layers} layers)",
+                "multiscale": multiscale,
                 "axis_labels": ("layer", "y", "x"),
                 "metadata": meta,
                 **place,
@@ -166,12 +169,13 @@ def prediction_layers(
         )
     ]
     if max_projection:
-        peak = da.from_zarr(prob).max(axis=0)
+        peaks = [da.from_zarr(level).max(axis=0) for level in levels]
         out.append(
             (
-                peak,
+                peaks if multiscale else peaks[0],
                 {
                     "name": f"{name} max over starts",
+                    "multiscale": multiscale,
                     "scale": place["scale"][1:],
                     "translate": place["translate"][1:],
                     "metadata": {**meta, "projection": "max over start layers"},

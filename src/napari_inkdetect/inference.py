@@ -56,6 +56,7 @@ __all__ = [
     "PredictStarted",
     "export_prediction",
     "open_job",
+    "open_overviews",
     "open_prediction",
     "pending_chunks",
     "predict",
@@ -66,6 +67,9 @@ __all__ = [
 
 ATTRS_KEY = "napari_inkdetect"
 PROB, DONE = "prob", "done"
+#: overview levels ``prob_<f>`` (f = 2, 4, ...) are written while the coarsest level's larger
+#: side is above this, so a viewer never reads a whole full-resolution plane to zoom out
+LEVELS_ABOVE = 2048
 _DTYPES = ("uint8", "float16")
 _DIRECTIONS = ("auto", "forward", "reverse")
 
@@ -484,6 +488,7 @@ def _provenance(job: PredictJob) -> dict[str, Any]:
             "stride": job.config.stride or spec.tile // 2,
             "stride_volume_px": job.stride,
             "chunk": job.chunk,
+            "overview_factors": overview_factors(job.shape[1:], job.chunk),
             "region": job.region,
             "region_offset": job.region[:2],
             "translate": job.region[:2],
@@ -531,6 +536,11 @@ def prepare_output(job: PredictJob | PredictConfig) -> Any:
     root.create_array(
         DONE, shape=job.chunk_grid, chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None
     )
+    for f in overview_factors(job.shape[1:], c):
+        root.create_array(
+            f"{PROB}_{f}", shape=(n, -(-h // f), -(-w // f)), chunks=(n, c // f, c // f),
+            dtype=job.config.dtype, fill_value=0,
+        )  # fmt: skip
     prov = _provenance(job)
     prob.attrs[ATTRS_KEY] = prov
     root.attrs[ATTRS_KEY] = prov
@@ -769,10 +779,39 @@ class _Blender:
 
 
 def _write_chunk(job: PredictJob, root: Any, chunk: tuple[int, int], data: np.ndarray) -> None:
-    """Write a chunk's pixels, then (only then) its done flag."""
+    """Write a chunk's pixels and its overview levels, then (only then) its done flag.
+
+    Each level's part of a chunk is exactly one chunk of that level (the chunk side is a
+    multiple of every factor), so concurrent writers never share a stored chunk.
+    """
     y0, x0, y1, x1 = job.chunk_box(*chunk)
     root[PROB][:, y0:y1, x0:x1] = data
+    for f in overview_factors(job.shape[1:], job.chunk):
+        root[f"{PROB}_{f}"][:, y0 // f : -(-y1 // f), x0 // f : -(-x1 // f)] = _block_mean(data, f)
     root[DONE][chunk] = 1
+
+
+def overview_factors(shape: tuple[int, int], chunk: int) -> list[int]:
+    """Downsampling factors 2, 4, ... of the overview levels of an output of ``shape``
+    (until the larger side is at most ``LEVELS_ABOVE``; each factor divides ``chunk``)."""
+    factors, f = [], 2
+    while max(shape) / (f // 2) > LEVELS_ABOVE and chunk % f == 0:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+def _block_mean(data: np.ndarray, f: int) -> np.ndarray:
+    """``f`` x ``f`` means of ``(n, h, w)`` (edge blocks average what they hold)."""
+    n, h, w = data.shape
+    hh, ww = -(-h // f), -(-w // f)
+    sums = np.zeros((n, hh * f, ww * f), np.float32)
+    counts = np.zeros((hh * f, ww * f), np.float32)
+    sums[:, :h, :w] = data
+    counts[:h, :w] = 1
+    total = sums.reshape(n, hh, f, ww, f).sum(axis=(2, 4))
+    mean = total / counts.reshape(hh, f, ww, f).sum(axis=(1, 3))
+    return np.rint(mean).astype(np.uint8) if data.dtype == np.uint8 else mean.astype(data.dtype)
 
 
 # --------------------------------------------------------------------------- drivers
@@ -896,6 +935,12 @@ def open_prediction(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """The ``prob`` zarr array of a prediction and its provenance."""
     root, prov = _open_ours(Path(path))
     return root[PROB], prov
+
+
+def open_overviews(path: str | Path) -> list[Any]:
+    """``prob`` then its overview levels (2x, 4x, ... smaller), as zarr arrays."""
+    root, prov = _open_ours(Path(path))
+    return [root[PROB]] + [root[f"{PROB}_{f}"] for f in prov.get("overview_factors", [])]
 
 
 def _as_uint8(plane: np.ndarray) -> np.ndarray:

@@ -257,3 +257,20 @@ def test_local_workers_stream_into_the_same_overlay(dock, viewer, qtbot, tmp_pat
     np.testing.assert_array_equal(
         np.asarray(dock.overlay().data), np.asarray(open_prediction(reference)[0])
     )
+
+
+def test_large_predictions_are_multiscale_overlays(dock, viewer, qtbot, monkeypatch):
+    from napari_inkdetect import inference
+
+    monkeypatch.setattr(inference, "LEVELS_ABOVE", 64)  # as if this segment were 13k px wide
+    dock.start_from.setValue(3)
+    dock.start_to.setValue(3)
+    run(dock, qtbot, dock.build_config().with_(chunk=64))
+    overlay = dock.overlay()
+    assert overlay.multiscale and len(overlay.data) == 3
+    viewer.dims.set_current_step(0, 3)
+    dock.val_combo.setCurrentText("s validation labels")
+    dock.outline_check.setChecked(True)
+    qtbot.waitUntil(lambda: "F0.5" in dock.metrics_label.text(), timeout=5000)
+    outline = viewer.layers["ink above threshold"]
+    assert outline.multiscale and outline.data[2].shape == overlay.data[2].shape

@@ -652,12 +652,17 @@ class PredictWidget(QWidget):
             if existing is not None:
                 existing.visible = False
             return
-        mask = threshold_mask(layer.data, self.threshold, self.min_size_spin.value())
-        if existing is None or existing.ndim != mask.ndim:
+        args = (self.threshold, self.min_size_spin.value())
+        if layer.multiscale:  # one lazy mask per overview level
+            mask = [threshold_mask(level, *args) for level in layer.data]
+        else:
+            mask = threshold_mask(layer.data, *args)
+        if existing is None or existing.multiscale != layer.multiscale:
             if existing is not None:
                 self.viewer.layers.remove(existing)
             existing = self.viewer.add_labels(
                 mask,
+                multiscale=layer.multiscale,
                 name=name,
                 scale=layer.scale,
                 translate=layer.translate,
@@ -692,7 +697,7 @@ class PredictWidget(QWidget):
         y0, x0, y1, x1 = layer.metadata["region"]
         worker = create_worker(
             plane_scores,
-            layer.data,
+            layer.data[0] if layer.multiscale else layer.data,
             index,
             np.asarray(labels.data)[y0:y1, x0:x1],
             self.threshold,

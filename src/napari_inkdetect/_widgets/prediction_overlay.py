@@ -208,7 +208,11 @@ class PredictionRunner(QObject):
             for i, (_, kwargs, _) in enumerate(tuples):
                 kwargs["name"] = self._name if i == 0 else f"{self._name} {kwargs['name']}"
         alive = [layer for layer in self.layers if layer in self.viewer.layers]
-        if len(alive) == len(tuples):
+        same_kind = all(
+            layer.multiscale == bool(kwargs.get("multiscale"))
+            for layer, (_, kwargs, _) in zip(alive, tuples, strict=False)
+        )
+        if len(alive) == len(tuples) and same_kind:
             for layer, (data, kwargs, _) in zip(alive, tuples, strict=True):
                 _update(layer, data, kwargs)
         else:
@@ -283,8 +287,11 @@ def prediction_path(layer: Any) -> Path | None:
 
 
 def _plane(data: Any) -> Any:
+    """Start layer 0 of a prediction (of each overview level when it has them)."""
     import dask.array as da
 
+    if isinstance(data, list):
+        return [da.from_zarr(level)[0] for level in data]
     return da.from_zarr(data)[0]
 
 
