@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,7 +166,8 @@ def test_gpus_flag_nan_loss_stops_every_rank_in_two_lines(folder, tmp_path):
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if "napari-inkdetect: error" in line]
     assert len(errors) == 2 and "training diverged: loss is nan at step" in errors[0]
-    assert "training process 0 of 2 failed (exit code 1)" in errors[1]  # the launcher's line
+    # the launcher's line names whichever rank torchrun saw exit first (both stop together)
+    assert re.search(r"training process [01] of 2 failed \(exit code 1\)", errors[1])
     assert "Traceback" not in done.stderr
 
 
