@@ -220,15 +220,7 @@ def _open_prediction(path: str | Path) -> tuple[Any, dict[str, Any]]:
     # imported here: the inference engine imports torch, which an export does not need
     from napari_inkdetect.inference import open_prediction
 
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such prediction")
-    try:
-        return open_prediction(path)
-    except ConfigError:
-        raise ConfigError(
-            f"{path}: not a napari-inkdetect prediction (expected the zarr that predict writes)"
-        ) from None
+    return open_prediction(path)
 
 
 def _open_segment(prediction: Any, prov: dict[str, Any], segment: Any) -> Segment:

@@ -932,15 +932,25 @@ def predict_chunk(
 
 
 def open_prediction(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The ``prob`` zarr array of a prediction and its provenance."""
-    root, prov = _open_ours(Path(path))
+    """The ``prob`` zarr array of a prediction and its provenance (clear errors for a missing
+    path or a folder that is not one of ours)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such prediction")
+    try:
+        root, prov = _open_ours(path)
+    except ConfigError:
+        raise ConfigError(
+            f"{path}: not a napari-inkdetect prediction (expected the zarr that predict writes)"
+        ) from None
     return root[PROB], prov
 
 
 def open_overviews(path: str | Path) -> list[Any]:
     """``prob`` then its overview levels (2x, 4x, ... smaller), as zarr arrays."""
-    root, prov = _open_ours(Path(path))
-    return [root[PROB]] + [root[f"{PROB}_{f}"] for f in prov.get("overview_factors", [])]
+    prob, prov = open_prediction(path)
+    root, _ = _open_ours(Path(path))
+    return [prob] + [root[f"{PROB}_{f}"] for f in prov.get("overview_factors", [])]
 
 
 def _as_uint8(plane: np.ndarray) -> np.ndarray:

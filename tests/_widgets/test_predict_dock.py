@@ -231,10 +231,10 @@ def test_bad_input_is_a_notification_and_the_dock_stays_usable(
 
 
 def test_the_last_finetuned_checkpoint_is_preselected(viewer, checkpoints):
-    session(viewer).set_checkpoint(checkpoints["constant"], 5, 8)
+    session(viewer).set_checkpoint(checkpoints["constant"], 5)
     widget = PredictWidget(viewer)
     assert widget.checkpoint_edit.text() == str(checkpoints["constant"])
-    session(viewer).set_checkpoint(checkpoints["random"], 4, 8)
+    session(viewer).set_checkpoint(checkpoints["random"], 4)
     assert widget.checkpoint_edit.text() == str(checkpoints["random"])
     assert (widget.start_from.value(), widget.start_to.value()) == (0, 8)
 

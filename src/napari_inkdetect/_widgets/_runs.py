@@ -160,12 +160,11 @@ class Session:
     def __init__(self) -> None:
         self.last_checkpoint: Path | None = None
         self.training_start_layer: int | None = None
-        self.training_layers: int | None = None
 
-    def set_checkpoint(self, path: Path, start_layer: int | None, layers: int | None) -> None:
+    def set_checkpoint(self, path: Path, start_layer: int | None) -> None:
         """A finetune produced ``path`` (trained on the window at ``start_layer``)."""
         self.last_checkpoint = Path(path)
-        self.training_start_layer, self.training_layers = start_layer, layers
+        self.training_start_layer = start_layer
         self.checkpoint_changed.emit(self.last_checkpoint)
 
 

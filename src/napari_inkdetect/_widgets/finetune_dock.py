@@ -659,11 +659,7 @@ class FinetuneWidget(QWidget):
         self.finished_event = event
         self.last_checkpoint = Path(event.best_path or event.last_path)
         config = self.config
-        self.session.set_checkpoint(
-            self.last_checkpoint,
-            config.start_layer if config else None,
-            config.layers if config else None,
-        )
+        self.session.set_checkpoint(self.last_checkpoint, config.start_layer if config else None)
         how = "Stopped" if event.stopped else "Finished"
         self.status_label.setText(f"{how} after {event.steps} steps in {event.seconds:.0f} s")
         self.checkpoint_label.setText(f"Checkpoint: {self.last_checkpoint}")

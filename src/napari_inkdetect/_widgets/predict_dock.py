@@ -46,7 +46,6 @@ from napari_inkdetect._widgets._runs import Throttle, make_room_in_thread_pool, 
 from napari_inkdetect._widgets.prediction_overlay import (
     PredictionRunner,
     camera_of,
-    prediction_path,
     visible_region,
 )
 from napari_inkdetect.devices import available_devices
@@ -56,7 +55,6 @@ from napari_inkdetect.inference import (
     PredictConfig,
     PredictFinished,
     PredictStarted,
-    open_prediction,
     predict,
 )
 from napari_inkdetect.metrics import score
@@ -699,7 +697,7 @@ class PredictWidget(QWidget):
             plane_scores,
             layer.data[0] if layer.multiscale else layer.data,
             index,
-            np.asarray(labels.data)[y0:y1, x0:x1],
+            np.asarray(labels.data[y0:y1, x0:x1]),  # the region only, not a copy of it all
             self.threshold,
             self.min_size_spin.value(),
             _start_thread=False,
@@ -729,23 +727,6 @@ class PredictWidget(QWidget):
         scores = getattr(self, "scores", None)
         if scores is not None:
             self.threshold_slider.setValue(round(scores.best_threshold * 100))
-
-    # ------------------------------------------------------------------ restore
-
-    def open_prediction(self, path: str | Path) -> list[Any]:
-        """Add a saved prediction's layers (what the reader does for a dropped zarr)."""
-        from napari_inkdetect._napari_layers import prediction_layers
-
-        open_prediction(path)  # clear error for anything that is not ours
-        volume = self._layer(self.volume_combo)
-        kwargs = {}
-        if volume is not None:
-            kwargs = {"volume_scale": volume.scale, "volume_translate": volume.translate}
-        added = [
-            self.viewer.add_image(data, **kw) for data, kw, _ in prediction_layers(path, **kwargs)
-        ]
-        self.runner.layers = added
-        return added
 
 
 def threshold_mask(data: Any, threshold: float, min_size: int = 0) -> Any:
@@ -800,4 +781,4 @@ def plane_scores(
     return scores
 
 
-__all__ = ["PredictWidget", "ProfilePlot", "plane_scores", "prediction_path", "threshold_mask"]
+__all__ = ["PredictWidget", "ProfilePlot", "plane_scores", "threshold_mask"]

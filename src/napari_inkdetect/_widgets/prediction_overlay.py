@@ -12,7 +12,6 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QTimer
 
-from napari_inkdetect._napari_layers import PREDICTION_KEY, prediction_layers
+from napari_inkdetect._napari_layers import prediction_layers
 from napari_inkdetect._widgets._runs import (
     RunState,
     StallMeter,
@@ -278,12 +277,6 @@ class PredictionRunner(QObject):
         self.last_stall_ms = self.stall.stop()
         if self._state.alive and self.on_done is not None:
             self.on_done(self.finished)
-
-
-def prediction_path(layer: Any) -> Path | None:
-    """The zarr behind an overlay layer, if it is one of ours."""
-    path = getattr(layer, "metadata", {}).get(PREDICTION_KEY)
-    return Path(path) if path else None
 
 
 def _plane(data: Any) -> Any:
