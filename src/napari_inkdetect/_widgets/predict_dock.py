@@ -682,10 +682,9 @@ class PredictWidget(QWidget):
         worker thread: a large region takes a while)."""
         layer, labels, index = self.overlay(), self._layer(self.val_combo), self.current_index()
         if layer is None or labels is None or index is None:
+            waiting = layer is not None and labels is not None  # the slider is off the overlay
             self.metrics_label.setText(
-                ""
-                if labels is None
-                else "move the depth slider onto a predicted start layer to score it"
+                "move the depth slider onto a predicted start layer to score it" if waiting else ""
             )
             self.best_button.setEnabled(False)
             return
