@@ -1,4 +1,4 @@
-"""Crackle labels dock, driven on a real viewer: alignment, brush, keys, counts, load and save."""
+"""Crackle labels dock on a real viewer: alignment, keys, counts, load, save, dense boxes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from conftest import write_png
 from napari.utils.notifications import notification_manager
 
 from napari_inkdetect._napari_layers import segment_layers
-from napari_inkdetect._widgets.labels_dock import BRUSH_SIZE, CrackleLabelsWidget
+from napari_inkdetect._widgets.labels_dock import (
+    BRUSH_SIZE,
+    CrackleLabelsWidget,
+    rectangle_boxes,
+)
 from napari_inkdetect.io.images import read_gray
 from napari_inkdetect.io.labels import INK, NOT_INK, UNLABELED
 from napari_inkdetect.io.segment import open_segment
@@ -167,3 +171,94 @@ def test_errors_without_volume_or_with_foreign_label_values(viewer, dock, volume
     assert dock.save(tmp_path / "three.png") == []
     assert not Path(tmp_path / "three.png").exists()
     assert len(_errors_since(start)) == 4
+
+
+@pytest.fixture
+def painted(viewer, dock, volume):
+    """Labels over a scaled, shifted volume with one painted ink stroke and one not-ink dab."""
+    viewer.add_image(volume, scale=(1, 2, 2), translate=(0, 10, 20))
+    layer = dock.new_labels()
+    layer.data[20:30, 20:30] = INK
+    layer.data[0:5, 0:5] = NOT_INK
+    return layer
+
+
+def test_new_dense_boxes_align_with_the_labels(viewer, dock, painted):
+    dock.boxes_button.click()
+    shapes = viewer.layers[f"{painted.name} dense boxes"]
+    assert shapes.metadata == {"inkdetect_role": "dense_boxes", "inkdetect_labels": painted.name}
+    np.testing.assert_allclose(shapes.scale, painted.scale)
+    np.testing.assert_allclose(shapes.translate, painted.translate)
+    assert shapes.mode == "add_rectangle"
+    assert viewer.layers.selection.active is shapes
+    shapes.add_rectangles(np.array([[10, 10], [39, 49]]))
+    np.testing.assert_allclose(shapes.edge_color[0], (0, 1, 1, 1))  # cyan
+    assert shapes.face_color[0][3] == 0  # transparent
+    assert dock.new_dense_boxes() is shapes  # one layer per labels layer
+    assert dock.labels is painted  # selecting the shapes layer keeps the labels chosen
+
+
+def test_fill_boxes_makes_unpainted_pixels_not_ink_in_one_undo(viewer, dock, painted):
+    before = painted.data.copy()
+    dock.new_dense_boxes().add_rectangles(np.array([[10, 10], [39, 49]]))  # rows 10-39, x 10-49
+    start = len(notification_manager.records)
+    dock.fill_button.click()
+    assert int((painted.data == INK).sum()) == 100
+    assert int((painted.data == NOT_INK).sum()) == 30 * 40 - 100 + 25
+    assert (painted.data[10:40, 10:50] != UNLABELED).all()
+    assert int((painted.data[40:, :] != UNLABELED).sum()) == 0
+    assert "not ink: 1,125 px" in dock.counts_label.text()
+    messages = [str(n.message) for n in notification_manager.records[start:]]
+    assert any("1,100 px" in m and "became not ink" in m for m in messages)
+    painted.undo()
+    np.testing.assert_array_equal(painted.data, before)
+
+
+def test_rectangles_in_world_coordinates_are_converted(viewer, dock, painted):
+    shapes = viewer.add_shapes(
+        np.array([[[30, 40], [30, 120], [88, 120], [88, 40]]]),  # world: y = 10 + 2 * row
+        shape_type="rectangle",
+        metadata={"inkdetect_role": "dense_boxes", "inkdetect_labels": painted.name},
+    )
+    assert rectangle_boxes(shapes, painted) == [(10, 40, 10, 51)]
+    assert dock.fill_dense_boxes() == 30 * 41 - 100
+
+
+def test_fill_boxes_uses_the_segment_mask_and_saves_as_supervision(
+    segment_dock, scroll_segment, tmp_path
+):
+    layer = segment_dock.new_labels()
+    layer.data[20:40, 30:60] = INK
+    segment_dock.new_dense_boxes().add_rectangles(np.array([[-10, -10], [200, 200]]))
+    assert segment_dock.fill_dense_boxes() == (96 - 16) * (128 - 16) - 20 * 30
+    assert (layer.data[:8] == UNLABELED).all() and (layer.data[:, -8:] == UNLABELED).all()
+    assert (layer.data[8:-8, 8:-8] != UNLABELED).all()
+    written = segment_dock.save(tmp_path / f"{scroll_segment.name}_inklabels.png")
+    assert (read_gray(written[1]) > 0).sum() == (96 - 16) * (128 - 16)
+    np.testing.assert_array_equal(segment_dock.load(written[0]).data, layer.data)
+
+
+def test_fill_boxes_errors_leave_the_labels_unchanged(viewer, dock, painted):
+    before = painted.data.copy()
+    start = len(notification_manager.records)
+    assert dock.fill_dense_boxes() is None  # no dense-boxes layer
+    shapes = dock.new_dense_boxes()
+    assert dock.fill_dense_boxes() is None  # a layer without rectangles
+    shapes.add_polygons(np.array([[5, 5], [5, 30], [30, 5]]))
+    assert dock.fill_dense_boxes() is None  # a triangle is not a box
+    shapes.selected_data = {0}
+    shapes.remove_selected()
+    shapes.add_rectangles(np.array([[100, 10], [120, 20]]))  # below the 96-row image
+    assert dock.fill_dense_boxes() is None
+    errors = _errors_since(start)
+    assert len(errors) == 4
+    assert "No dense boxes for" in errors[0] and "No dense boxes for" in errors[1]
+    assert "shape 1 is a polygon" in errors[2]
+    assert "outside the 96 x 128 image" in errors[3]
+    np.testing.assert_array_equal(painted.data, before)
+    dock.update_counts()
+    assert "ink: 100 px" in dock.counts_label.text()
+    assert "not ink: 25 px" in dock.counts_label.text()
+    viewer.layers.remove(painted)
+    assert dock.fill_dense_boxes() is None and dock.new_dense_boxes() is None
+    assert len(_errors_since(start)) == 6

@@ -1,4 +1,4 @@
-"""Label files: sparse 0/1/2, Kaggle binary, the villa pair; round trips and refusals."""
+"""Label files: sparse 0/1/2, Kaggle binary, the villa pair, dense boxes; round trips, refusals."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from conftest import write_png
 from PIL import Image
 
 from napari_inkdetect.errors import CorruptFileError, LabelsError
+from napari_inkdetect.io.images import read_gray
 from napari_inkdetect.io.labels import (
     INK,
     NOT_INK,
+    UNLABELED,
     VillaPaths,
+    apply_dense_boxes,
     label_counts,
     read_labels,
     read_villa_labels,
@@ -118,4 +121,76 @@ def test_villa_without_validation_mask(tmp_path, sparse):
     assert not paths.validation_mask.exists()
     train, val = read_villa_labels(paths)
     np.testing.assert_array_equal(train, sparse)
+    assert val is None
+
+
+@pytest.fixture
+def strokes() -> np.ndarray:
+    """Painted ink letters, a hand-painted not-ink patch, the rest unlabeled."""
+    labels = np.zeros((40, 60), np.uint8)
+    labels[12:18, 12:30] = INK
+    labels[30:34, 40:44] = NOT_INK
+    return labels
+
+
+def test_dense_box_fills_only_unlabeled_pixels_inside(strokes):
+    filled = apply_dense_boxes(strokes, [(10, 20, 10, 40)])
+    inside = filled[10:20, 10:40]
+    np.testing.assert_array_equal(inside == INK, strokes[10:20, 10:40] == INK)  # ink kept
+    assert (inside[strokes[10:20, 10:40] == UNLABELED] == NOT_INK).all()
+    outside = np.ones(strokes.shape, bool)
+    outside[10:20, 10:40] = False
+    np.testing.assert_array_equal(filled[outside], strokes[outside])  # untouched
+    assert label_counts(filled) == {"ink": 6 * 18, "not ink": 10 * 30 - 6 * 18 + 16}
+    assert label_counts(strokes)["not ink"] == 16  # the input is not modified
+
+
+def test_dense_boxes_keep_painted_not_ink_and_overlap(strokes):
+    filled = apply_dense_boxes(strokes, [(28, 36, 38, 46), (30, 40, 40, 50)])
+    assert (filled[30:34, 40:44] == NOT_INK).all()
+    assert label_counts(filled)["not ink"] == 8 * 8 + 10 * 10 - 6 * 6
+
+
+def test_dense_box_respects_the_papyrus_mask(strokes):
+    mask = np.zeros(strokes.shape, bool)
+    mask[:, :20] = True
+    filled = apply_dense_boxes(strokes, [(10, 20, 10, 40)], mask=mask)
+    assert (filled[10:12, 10:20] == NOT_INK).all()
+    assert (filled[10:12, 20:40] == UNLABELED).all()  # off the papyrus: still unlabeled
+    assert (filled[12:18, 12:30] == INK).all()  # ink off the mask is kept too
+    with pytest.raises(LabelsError, match="papyrus mask: shape 40 x 59"):
+        apply_dense_boxes(strokes, [(0, 5, 0, 5)], mask=mask[:, 1:])
+
+
+def test_dense_box_is_clipped_to_the_image(strokes):
+    filled = apply_dense_boxes(strokes, [(-5, 3, 50, 500)])
+    assert (filled[0:3, 50:60] == NOT_INK).all()
+    assert label_counts(filled)["not ink"] == 16 + 3 * 10
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ((5, 5, 0, 10), "empty or inverted"),
+        ((10, 5, 0, 10), "empty or inverted"),
+        ((0, 10, 8, 2), "empty or inverted"),
+        ((40, 50, 0, 10), "outside the 40 x 60 image"),
+        ((0, 10, -9, 0), "outside the 40 x 60 image"),
+        ((0, 10, 5), "expected"),
+    ],
+)
+def test_bad_dense_boxes_refused(strokes, box, message):
+    with pytest.raises(LabelsError, match=message):
+        apply_dense_boxes(strokes, [(0, 4, 0, 4), box])
+
+
+def test_dense_boxes_round_trip_through_the_villa_pair(tmp_path, strokes):
+    filled = apply_dense_boxes(strokes, [(8, 22, 8, 36)])
+    paths = write_villa_labels(VillaPaths.in_folder(tmp_path, "seg"), filled)
+    supervision = read_gray(paths.supervision_mask) > 0
+    box = np.zeros(strokes.shape, bool)
+    box[8:22, 8:36] = True
+    np.testing.assert_array_equal(supervision, box | (strokes > 0))  # the box is supervised
+    train, val = read_villa_labels(paths)
+    np.testing.assert_array_equal(train, filled)
     assert val is None

@@ -2,6 +2,8 @@
 
 Thin by design: file semantics live in ``io.labels`` / ``io.segment`` and the npe2 writer; the
 dock only aligns layers, binds keys, shows counts and turns our errors into notifications.
+Dense boxes are a Shapes layer of rectangles tied to one labels layer; filling turns the
+rectangles into label-pixel boxes and leaves the maths to ``io.labels.apply_dense_boxes``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -26,11 +28,13 @@ from qtpy.QtWidgets import (
 
 from napari_inkdetect._napari_layers import is_derived, labels_kwargs
 from napari_inkdetect._writer import write_labels_layer
-from napari_inkdetect.errors import InkDetectError
+from napari_inkdetect.errors import InkDetectError, LabelsError
 from napari_inkdetect.io.labels import (
     INK,
     NOT_INK,
+    Box,
     VillaPaths,
+    apply_dense_boxes,
     label_counts,
     read_labels,
     read_villa_labels,
@@ -43,9 +47,14 @@ if TYPE_CHECKING:
 COUNTS_DELAY_MS = 300  # a bincount over a 13k x 17k layer takes ~0.3 s: run it once painting stops
 BRUSH_SIZE = 20  # data px: about one crackle stroke wide, small enough for letter edges
 SEGMENT_KEY = "inkdetect_segment"
+ROLE_KEY, DENSE_BOXES = "inkdetect_role", "dense_boxes"  # Shapes metadata: what the layer is
+LABELS_KEY = "inkdetect_labels"  # Shapes metadata: the name of the labels layer it fills
+BOX_EDGE_WIDTH = 4  # data px: visible over a whole segment, thin enough to aim a corner
 HELP = (
     "Keys on a labels layer: <b>I</b> ink (red), <b>N</b> not ink (cyan), "
     "<b>E</b> eraser, <b>[</b> / <b>]</b> brush size.<br>"
+    "<b>Dense boxes</b>: draw rectangles around painted letters, then <b>Fill boxes</b>: "
+    "every unpainted pixel inside (on the papyrus mask) becomes not ink; Ctrl+Z undoes.<br>"
     "Save as <i>&lt;id&gt;_inklabels.png</i> to write the villa pair "
     "(+ <i>_supervision_mask.png</i>); any other name keeps 0/1/2."
 )
@@ -106,6 +115,8 @@ class CrackleLabelsWidget(QWidget):
         self.new_button = QPushButton("New crackle labels")
         self.load_button = QPushButton("Load…")
         self.save_button = QPushButton("Save…")
+        self.boxes_button = QPushButton("New dense boxes")
+        self.fill_button = QPushButton("Fill boxes (not ink where not painted)")
         self.counts_label = QLabel()
         self.help_label = QLabel(HELP)
         self.help_label.setWordWrap(True)
@@ -119,12 +130,18 @@ class CrackleLabelsWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.new_button)
         layout.addLayout(files)
+        boxes = QHBoxLayout()
+        boxes.addWidget(self.boxes_button)
+        boxes.addWidget(self.fill_button)
+        layout.addLayout(boxes)
         layout.addWidget(self.counts_label)
         layout.addWidget(self.help_label)
         layout.addStretch()
         self.new_button.clicked.connect(self.new_labels)
         self.load_button.clicked.connect(self._on_load_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)
+        self.boxes_button.clicked.connect(self.new_dense_boxes)
+        self.fill_button.clicked.connect(self.fill_dense_boxes)
         self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
         self.viewer.layers.selection.events.active.connect(self._on_active_changed)
         self._on_active_changed()
@@ -232,6 +249,52 @@ class CrackleLabelsWidget(QWidget):
         show_info("Saved " + ", ".join(p.name for p in written))
         return written
 
+    def new_dense_boxes(self) -> Shapes | None:
+        """A rectangles layer over the chosen labels (the existing one if there is one)."""
+        layer = self.labels
+        if layer is None:
+            show_error("No labels layer for dense boxes: make or load one first")
+            return None
+        found = dense_box_layers(self.viewer, layer)
+        shapes = found[-1] if found else self._add_dense_boxes(layer)
+        self.viewer.layers.selection.active = shapes
+        shapes.mode = "add_rectangle"
+        return shapes
+
+    def fill_dense_boxes(self) -> int | None:
+        """Unpainted pixels inside the dense boxes become not ink, as one undoable step."""
+        layer = self.labels
+        if layer is None or layer.multiscale:
+            show_error("No paintable labels layer to fill: make or load one first")
+            return None
+        try:
+            boxes = _dense_boxes(self.viewer, layer)
+            old = np.asarray(layer.data)
+            new = apply_dense_boxes(old, boxes, _segment_mask(layer))
+        except (InkDetectError, OSError) as err:
+            show_error(str(err))
+            return None
+        changed = np.nonzero(new != old)
+        layer.data_setitem(changed, NOT_INK)  # recorded in the layer's undo history
+        self.update_counts()
+        n = int(changed[0].size)
+        show_info(f"Dense boxes: {n:,} px of '{layer.name}' became not ink")
+        return n
+
+    def _add_dense_boxes(self, layer: Labels) -> Shapes:
+        return self.viewer.add_shapes(
+            None,
+            ndim=2,
+            shape_type="rectangle",
+            edge_color="cyan",
+            face_color="transparent",
+            edge_width=BOX_EDGE_WIDTH,
+            name=f"{layer.name} dense boxes",
+            scale=layer.scale,
+            translate=layer.translate,
+            metadata={ROLE_KEY: DENSE_BOXES, LABELS_KEY: layer.name},
+        )
+
     def _require_volume(self) -> Image | None:
         if self.volume is None:
             show_error("No volume layer: open a segment first (drag its folder onto napari)")
@@ -294,6 +357,51 @@ def _index_of(combo: QComboBox, layer: Any) -> int:
 
 def _paint_events(layer: Labels) -> list:
     return [layer.events.paint, layer.events.data, layer.events.labels_update]
+
+
+def dense_box_layers(viewer: napari.viewer.Viewer, labels: Labels) -> list[Shapes]:
+    """The dense-boxes Shapes layers made for this labels layer."""
+    return [
+        ly
+        for ly in viewer.layers
+        if isinstance(ly, Shapes)
+        and ly.metadata.get(ROLE_KEY) == DENSE_BOXES
+        and ly.metadata.get(LABELS_KEY) == labels.name
+    ]
+
+
+def rectangle_boxes(shapes: Shapes, labels: Labels) -> list[Box]:
+    """Rectangles as ``(y0, y1, x0, x1)`` label-pixel boxes: the pixels whose centres they cover.
+
+    Vertices go shapes data -> world -> labels data, so the layers' scale and translate may
+    differ; only the last two axes count (a rectangle drawn on a 3-D layer covers the plane).
+    """
+    boxes = []
+    for i, (kind, vertices) in enumerate(zip(shapes.shape_type, shapes.data, strict=True)):
+        if kind != "rectangle":
+            raise LabelsError(
+                f"'{shapes.name}' shape {i + 1} is a {kind}: dense boxes must be rectangles"
+            )
+        points = np.array([labels.world_to_data(shapes.data_to_world(v)) for v in vertices])
+        lo = np.ceil(points[:, -2:].min(axis=0) - 1e-6).astype(int)
+        hi = np.floor(points[:, -2:].max(axis=0) + 1e-6).astype(int) + 1
+        boxes.append((int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])))
+    return boxes
+
+
+def _dense_boxes(viewer: napari.viewer.Viewer, labels: Labels) -> list[Box]:
+    boxes = [b for s in dense_box_layers(viewer, labels) for b in rectangle_boxes(s, labels)]
+    if not boxes:
+        raise LabelsError(
+            f"No dense boxes for '{labels.name}': press 'New dense boxes' and draw rectangles"
+        )
+    return boxes
+
+
+def _segment_mask(layer: Labels) -> np.ndarray | None:
+    """The papyrus mask of the labels' segment, or None (then boxes fill everywhere)."""
+    segment = layer.metadata.get(SEGMENT_KEY)
+    return open_segment(segment).read_mask() if segment else None
 
 
 def _plane_shape(volume: Image) -> tuple[int, int]:

@@ -4,10 +4,13 @@ In memory (and in our own files) labels are ``uint8`` with 0 = unlabeled (ignore
 1 = ink, 2 = not ink. On disk we also read Kaggle-style binary ``inklabels.png`` (255 = ink, 0
 inside the mask = not ink, 0 outside = unlabeled) and read/write the ScrollPrize villa pair
 ``<id>_inklabels.png`` + ``<id>_supervision_mask.png`` [+ ``<id>_validation_mask.png``].
+*Dense boxes* turn the unpainted pixels of a box into not ink, so a box of painted strokes
+saves as villa supervision covering the whole box.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from napari_inkdetect.io.images import read_gray, write_gray
 
 UNLABELED, INK, NOT_INK = 0, 1, 2
 LABEL_NAMES = {UNLABELED: "unlabeled", INK: "ink", NOT_INK: "not ink"}
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1): rows y0..y1-1, columns x0..x1-1
 
 
 def check_shape(
@@ -108,6 +112,49 @@ def label_counts(labels: np.ndarray) -> dict[str, int]:
     """Pixel counts per class, for progress displays and for class weights."""
     counts = np.bincount(np.asarray(labels).ravel(), minlength=3)
     return {LABEL_NAMES[i]: int(counts[i]) for i in (INK, NOT_INK)}
+
+
+def apply_dense_boxes(
+    labels: np.ndarray, boxes: Iterable[Box], mask: np.ndarray | None = None
+) -> np.ndarray:
+    """A copy where every unlabeled pixel inside each box is not ink: a *dense* box.
+
+    A dense box says "everything here that is not painted ink is not ink" (the villa
+    supervision mask covers the box). Ink and painted not-ink stay as they are; with a papyrus
+    ``mask`` only pixels on the papyrus are filled. Boxes are ``(y0, y1, x0, x1)``, end
+    exclusive, clipped to the image; an empty or inverted box, or one wholly outside the image,
+    is refused rather than silently ignored.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:  # values are checked on save: a np.unique here would cost seconds
+        raise LabelsError(f"labels must be 2-D (Y, X), got shape {labels.shape}")
+    if mask is not None:
+        check_shape(mask, labels.shape, "papyrus mask")
+    out = labels.copy()
+    for box in boxes:
+        y0, y1, x0, x1 = clip_box(box, labels.shape)
+        region = out[y0:y1, x0:x1]  # a view: filling it fills ``out``
+        fill = region == UNLABELED
+        if mask is not None:
+            fill &= np.asarray(mask[y0:y1, x0:x1], bool)
+        region[fill] = NOT_INK
+    return out
+
+
+def clip_box(box: Box, shape: tuple[int, ...]) -> Box:
+    """``(y0, y1, x0, x1)`` clipped to a ``(Y, X)`` image; empty, inverted or outside: refused."""
+    if len(box) != 4:
+        raise LabelsError(f"box {tuple(box)}: expected (y0, y1, x0, x1)")
+    y0, y1, x0, x1 = (int(v) for v in box)
+    if y1 <= y0 or x1 <= x0:
+        raise LabelsError(f"box (y {y0}..{y1}, x {x0}..{x1}) is empty or inverted")
+    height, width = (int(s) for s in shape[-2:])
+    clipped = (max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
+    if clipped[1] <= clipped[0] or clipped[3] <= clipped[2]:
+        raise LabelsError(
+            f"box (y {y0}..{y1}, x {x0}..{x1}) lies outside the {_fmt((height, width))} image"
+        )
+    return clipped
 
 
 @dataclass(frozen=True)
