@@ -142,6 +142,51 @@ def test_predict_export_and_evaluate(sample_dir, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1  # one line, no traceback
 
 
+def test_evaluate_defaults_to_the_calibrated_threshold(sample_dir, tmp_path, capsys):
+    import torch
+
+    from napari_inkdetect.models import InkDetector, save_checkpoint
+
+    torch.manual_seed(0)
+    model = InkDetector("resnet10", width=0.125)
+    metrics = {"best_threshold": 0.37, "best_f05": 0.6, "f05": 0.5, "threshold": 0.5}
+    kw = {"tile_size": 64, "in_layers": 8, "start_layer": 10}
+    calibrated = save_checkpoint(
+        tmp_path / "best.safetensors", model, provenance={"metrics": metrics}, **kw
+    )
+    plain = save_checkpoint(tmp_path / "plain.safetensors", model, **kw)
+    truth = ["--truth", str(sample_dir / "synthetic_inklabels.png")]
+    for ckpt in (calibrated, plain):
+        out = str(tmp_path / f"{ckpt.stem}.zarr")
+        argv = ["predict", str(sample_dir), "--checkpoint", str(ckpt), "--out", out,
+                "--region", "0,0,96,128", "--quiet"]  # fmt: skip
+        assert main(argv) == 0
+    pred = str(tmp_path / "best.zarr")
+    capsys.readouterr()
+
+    def rows(*extra):
+        assert main(["evaluate", pred, *truth, "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    default, given = rows(), rows("--threshold", "0.6")
+    assert [(r["threshold"], r["threshold_source"]) for r in default] == [
+        (0.37, "checkpoint validation")
+    ]
+    assert [(r["threshold"], r["threshold_source"]) for r in given] == [(0.6, "given")]
+    assert rows("--threshold", "0.37")[0]["f05"] == default[0]["f05"]
+
+    assert main(["evaluate", pred, *truth]) == 0
+    table = capsys.readouterr().out
+    assert "threshold 0.37 (from the checkpoint's validation" in table and "F0.5@0.37" in table
+    assert main(["evaluate", pred, *truth, "--threshold", "0.6"]) == 0
+    assert "threshold 0.60 (given with --threshold)" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "plain.zarr"), *truth]) == 0
+    table = capsys.readouterr().out
+    assert "threshold 0.50 (the default" in table and "F0.5@0.50" in table
+    assert main(["evaluate", pred, *truth, "--threshold", "1.5"]) == 1
+    assert "threshold 1.5: must lie in 0..1" in capsys.readouterr().err
+
+
 def test_predict_bad_inputs(sample_dir, tmp_path, capsys):
     assert main(["predict", str(sample_dir), "--checkpoint", str(tmp_path / "none.safetensors"),
                  "--out", str(tmp_path / "p.zarr")]) == 1  # fmt: skip

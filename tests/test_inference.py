@@ -24,11 +24,12 @@ from napari_inkdetect.inference import (
     pending_chunks,
     predict,
     predict_chunk,
+    prediction_threshold,
     prepare_output,
     run_prediction,
 )
 from napari_inkdetect.io.sources import ReadCounter
-from napari_inkdetect.models import InkDetector, save_checkpoint
+from napari_inkdetect.models import InkDetector, load_checkpoint, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
 
 CONSTANT_LOGIT = 1.0
@@ -296,6 +297,34 @@ def test_provenance_says_how_it_was_made(data, tmp_path):
     assert prov["checkpoint_metadata"]["tile_size"] == 64
     assert prov["normalisation"]["kind"] == "uint16_shift8_clip"
     assert PredictConfig.from_dict(json.loads(json.dumps(prov["config"]))) == cfg
+
+
+def test_provenance_records_the_checkpoint_calibrated_threshold(data, tmp_path):
+    model, _ = load_checkpoint(data["random"])
+    metrics = {"best_threshold": 0.37, "best_f05": 0.6, "f05": 0.5, "threshold": 0.5}
+    calibrated = save_checkpoint(
+        tmp_path / "best.safetensors", model, provenance={"metrics": metrics}
+    )
+    cfg = _config(data, tmp_path / "p.zarr", checkpoint=str(calibrated), region=(0, 0, 64, 96))
+    run_prediction(cfg)
+    root = zarr.open_group(str(tmp_path / "p.zarr"), mode="r+")
+    for attrs in (root.attrs, root["prob"].attrs):
+        assert attrs["napari_inkdetect"]["threshold"] == 0.37
+        assert prediction_threshold(dict(attrs["napari_inkdetect"])) == 0.37
+    plain = _config(data, tmp_path / "plain.zarr", region=(0, 0, 64, 96))
+    run_prediction(plain)
+    prov = zarr.open_group(str(tmp_path / "plain.zarr"), mode="r").attrs["napari_inkdetect"]
+    assert "threshold" in prov and prov["threshold"] is None
+    assert prediction_threshold(dict(prov)) is None
+
+    # an output written before the threshold was recorded: it still resumes, and its
+    # checkpoint metadata still answers
+    old = {k: v for k, v in dict(root.attrs["napari_inkdetect"]).items() if k != "threshold"}
+    root.attrs["napari_inkdetect"] = root["prob"].attrs["napari_inkdetect"] = old
+    root["done"][0, 0] = 0  # one chunk left to do
+    started = next(e for e in _events(cfg) if isinstance(e, PredictStarted))
+    assert started.total_chunks - started.done_chunks == 1
+    assert prediction_threshold(old) == 0.37
 
 
 def test_config_round_trip_and_unknown_keys():

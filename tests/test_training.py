@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from scipy import ndimage
 
 from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
 from napari_inkdetect.io.segment import open_segment
@@ -28,10 +29,11 @@ from napari_inkdetect.training import (
     TrainStarted,
     Validated,
     augment_batch,
+    auto_split,
+    given_plan,
     lr_at,
     run_training,
     sparse_loss,
-    split_components,
     train,
 )
 from napari_inkdetect.training.augment import depth_crop_paste, flip_rot90, step_generator
@@ -152,16 +154,85 @@ def test_lr_schedule_warms_up_then_decays():
     assert lrs[-1] < 0.02
 
 
-def test_component_split_holds_out_whole_components():
-    labels = np.zeros((64, 64), np.uint8)
-    for i in range(5):
-        labels[4 + 12 * i : 10 + 12 * i, 4:10] = 1
-        labels[4 + 12 * i : 10 + 12 * i, 30:36] = 2
-    train_l, val_l = split_components(labels, 0.2, seed=0)
-    assert np.array_equal(np.maximum(train_l, val_l), labels)
-    assert not ((train_l > 0) & (val_l > 0)).any()
-    assert set(np.unique(val_l)) == {0, 1, 2}
-    assert split_components(labels[:20], 0.2, seed=0) is None  # too few components
+def _letters(rng, shape=(256, 320), n=6, size=14):
+    """Random ink blobs (letters) with not-ink scribbles near them."""
+    labels = np.zeros(shape, np.uint8)
+    for _ in range(n):
+        y, x = rng.integers(0, shape[0] - size), rng.integers(0, shape[1] - size)
+        labels[y : y + size, x : x + 3] = 1  # a stroke
+        labels[y : y + 3, x : x + size] = 1  # and a bar of the same letter
+        labels[y + size // 2 : y + size // 2 + 2, x + 5 : x + size] = 2
+    return labels
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_auto_split_never_lets_a_training_tile_see_a_validation_pixel(seed):
+    rng = np.random.default_rng(seed)
+    labels = _letters(rng)
+    extent = 32
+    train_l, plan = auto_split(labels, extent, 0.25, seed=seed)
+    if plan.labels is None:  # letters merged into fewer than 4 groups
+        assert "ink group" in plan.note
+        return
+    val = plan.labels > 0
+    assert plan.n_groups >= 1 and plan.dense and val.any()
+    assert not ((train_l > 0) & val).any()
+    # dense: inside every box, each papyrus pixel not painted ink is not-ink
+    for y0, y1, x0, x1 in plan.boxes:
+        box = plan.labels[y0:y1, x0:x1]
+        assert set(np.unique(box)) <= {1, 2}
+        assert np.array_equal(box == 1, labels[y0:y1, x0:x1] == 1)
+    # a gap of at least half a tile between training labels and validation boxes
+    near = ndimage.binary_dilation(val, iterations=extent // 2 - 1)
+    assert not ((train_l > 0) & near).any()
+    if not ((train_l == 1).any() and (train_l == 2).any()):
+        return
+    sampler = TileSampler(None, train_l, WindowSpec(layers=4, tile=extent),
+                          0, seed, plan=plan)  # fmt: skip
+    for y0, x0 in sampler.positions(0, 300):
+        assert not val[y0 : y0 + extent, x0 : x0 + extent].any()
+
+
+def test_auto_split_refuses_with_three_letters_and_says_why():
+    labels = np.zeros((128, 128), np.uint8)
+    for i in range(3):
+        labels[10 + 40 * i : 20 + 40 * i, 10:20] = 1
+    labels[:, 100:] = 2
+    train_l, plan = auto_split(labels, 32, 0.2, seed=0)
+    assert plan.labels is None and plan.source == "none"
+    assert "3 ink groups" in plan.summary() and np.array_equal(train_l, labels)
+
+
+def test_sparse_validation_labels_are_flagged_dense_ones_not():
+    labels = np.zeros((128, 128), np.uint8)
+    labels[40:60, 40:60] = 1
+    sparse = labels.copy()
+    sparse[100:110, 0:30] = 2  # a scribble far from the ink
+    dense = labels.copy()
+    dense[30:70, 30:70][labels[30:70, 30:70] == 0] = 2  # a dense box
+    empty = np.zeros_like(labels)
+    assert not given_plan(sparse, empty, 32).dense
+    assert "cannot see a halo" in given_plan(sparse, empty, 32).summary()
+    plan = given_plan(dense, empty, 32)
+    assert plan.dense and plan.n_groups == 1 and plan.boxes == [(30, 70, 30, 70)]
+
+
+def test_mask_edges_are_sampled_and_outside_counts_as_not_ink():
+    shape = (256, 256)
+    mask = np.zeros(shape, bool)
+    mask[:, :160] = True
+    labels = np.zeros(shape, np.uint8)
+    labels[100:110, 40:50], labels[20:30, 40:50] = 1, 2
+    sampler = TileSampler(None, labels, WindowSpec(layers=4, tile=32), 0, 0,
+                          mask=mask, edge_fraction=0.25)  # fmt: skip
+    assert (
+        (sampler.labels[:, 160:176] == 2).all()
+        and (sampler.labels[:, 176:] == 0).all()
+        and (sampler.labels[:, :160] == labels[:, :160]).all()
+    )
+    corners = sampler.positions(0, 400)
+    at_edge = sum(x0 <= 160 <= x0 + 32 for _, x0 in corners)
+    assert 0.15 < at_edge / 400 < 0.35  # about a quarter of the tiles sit on the border
 
 
 def test_config_round_trips_through_json(tmp_path):

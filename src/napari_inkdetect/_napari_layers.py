@@ -135,7 +135,7 @@ def prediction_layers(
     the per-start-layer probabilities on the depth axis, and their max over start layers."""
     import dask.array as da
 
-    from napari_inkdetect.inference import open_overviews, open_prediction
+    from napari_inkdetect.inference import open_overviews, open_prediction, prediction_threshold
 
     prob, prov = open_prediction(path)
     levels = open_overviews(path)  # large outputs: overview levels written by the engine
@@ -151,6 +151,7 @@ def prediction_layers(
         "window_length": layers,
         "region": list(prov["region"]),
         "checkpoint": prov.get("checkpoint"),
+        "threshold": prediction_threshold(prov),  # calibrated on the checkpoint's validation
     }
     look = {"colormap": INK_COLORMAP, "blending": "translucent", "contrast_limits": limits}
     multiscale = len(levels) > 1

@@ -99,6 +99,12 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--truth", type=Path, required=True, help="labels (sparse 0/1/2 or binary)")
     p.add_argument("--region-mask", type=Path, help="only pixels inside this mask count")
     p.add_argument("--start-layer", type=int, help="score only this start layer")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="ink from this probability (default: the threshold the prediction's checkpoint "
+        "was calibrated at on its validation region, else 0.5)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -120,16 +126,47 @@ def _add_train(sub) -> None:
     model.add_argument("--arch", default="resnet10", help="architecture (see `models`)")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (e.g. 0.25 on CPU)")
     p.add_argument("--start-layer", type=int, help="first layer of the window (default: centred)")
-    p.add_argument("--layers", type=int, default=22, help="window length in layers")
+    init = "default: from --init checkpoint, else"
+    p.add_argument("--layers", type=int, help=f"window length in layers ({init} 22)")
     p.add_argument(
-        "--scale", type=float, default=1.0, help="in-plane scale (2.44: fragment->scroll)"
+        "--scale",
+        type=float,
+        help="in-plane scale, model px per volume px (default: from --init checkpoint and the "
+        "voxel sizes, e.g. 2.44 for a 3.24 um Kaggle fold on 7.91 um scroll data, else 1.0)",
     )
-    p.add_argument("--reverse", action="store_true", help="flip each window's depth order")
-    p.add_argument("--tile", type=int, default=256)
+    depth = p.add_mutually_exclusive_group()
+    depth.add_argument(
+        "--reverse", action="store_true", help=f"flip each window's depth order ({init} forward)"
+    )
+    depth.add_argument(
+        "--forward", action="store_true", help="keep the depth order even if --init was reversed"
+    )
+    p.add_argument("--tile", type=int, help=f"tile size in model pixels ({init} 256)")
+    p.add_argument(
+        "--normalisation",
+        choices=("uint16_shift8_clip", "percentile"),
+        help=f"intensity normalisation ({init} uint16_shift8_clip: >>8, clip 50..200, /255)",
+    )
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: a preset by where training starts: 1e-3 from scratch on "
+        "the CPU, 3e-4 on a GPU, 1e-4 from a Kinetics encoder, 3e-5 from a trained ink model)",
+    )
     p.add_argument("--train-parts", default="all", help="all | decoder | decoder+last | ...")
+    bn = p.add_mutually_exclusive_group()
+    bn.add_argument(
+        "--freeze-batchnorm",
+        action="store_true",
+        help="BatchNorm in eval mode, its statistics kept (default: from a trained ink model)",
+    )
+    bn.add_argument(
+        "--train-batchnorm",
+        action="store_true",
+        help="BatchNorm trains (default: from scratch or from a Kinetics encoder)",
+    )
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda:N, mps")
     p.add_argument("--autocast", default="auto", choices=("auto", "off", "bf16", "fp16"))
@@ -218,15 +255,26 @@ def _models(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_inkdetect.training import StepDone, TrainConfig, TrainFinished, Validated, train
+    from napari_inkdetect.training import (
+        StepDone,
+        TrainConfig,
+        TrainFinished,
+        TrainStarted,
+        Validated,
+        ValidationPlanned,
+        train,
+    )
     from napari_inkdetect.training.distributed import Distributed, command_line, launch
 
     config = TrainConfig(
         segment=str(args.segment), labels=str(args.labels), out=str(args.out),
         val_labels=_str(args.val_labels), init=_str(args.init), arch=args.arch,
         width=args.width, start_layer=args.start_layer, layers=args.layers, scale=args.scale,
-        depth_direction="reverse" if args.reverse else "forward", tile=args.tile,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, train=args.train_parts,
+        depth_direction=_choice(args.reverse, "reverse", args.forward, "forward"),
+        tile=args.tile, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        normalisation={"kind": args.normalisation} if args.normalisation else None,
+        freeze_batchnorm=_choice(args.freeze_batchnorm, True, args.train_batchnorm, False),
+        train=args.train_parts,
         val_every=args.val_every, device=args.device, autocast=args.autocast,
         activation_checkpointing=args.checkpointing, sync_batchnorm=args.sync_bn,
         seed=args.seed, resume=args.resume,
@@ -243,15 +291,22 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     bar = None
     for event in train(config):
-        if isinstance(event, StepDone):
+        if isinstance(event, TrainStarted):
+            for note in event.notes:  # what was taken from --init or a preset: even if quiet
+                print(note)
+        elif isinstance(event, StepDone):
             if bar is None:
                 bar = tqdm(total=event.total, initial=event.step - 1, unit="step",
                            disable=args.quiet, dynamic_ncols=True)  # fmt: skip
             bar.update(1)
             bar.set_postfix(loss=f"{event.loss:.4f}", tiles_s=f"{event.tiles_per_s:.1f}")
+        elif isinstance(event, ValidationPlanned):
+            _say(bar, args.quiet, event.summary)
         elif isinstance(event, Validated):
             _say(bar, args.quiet, f"step {event.step}: F0.5 {event.f05:.3f} at 0.5, "
-                 f"best {event.best_f05:.3f} at {event.best_threshold:.2f}")  # fmt: skip
+                 f"best {event.best_f05:.3f} at {event.best_threshold:.2f} "
+                 f"({event.n_groups} held-out groups, {event.n_ink} ink / "
+                 f"{event.n_not_ink} not-ink px)")  # fmt: skip
         elif isinstance(event, TrainFinished):
             if bar is not None:
                 bar.close()
@@ -389,13 +444,22 @@ def _ints(text: str, n: int, flag: str) -> tuple[int, ...]:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from napari_inkdetect.evaluation import evaluate_prediction
+    from napari_inkdetect.evaluation import CALIBRATED, GIVEN, evaluate_prediction
 
-    rows = evaluate_prediction(args.prediction, args.truth, args.region_mask, args.start_layer)
+    rows = evaluate_prediction(
+        args.prediction, args.truth, args.region_mask, args.start_layer, args.threshold
+    )
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'start':>5} {'F0.5@0.5':>9} {'prec':>6} {'recall':>6} {'best F0.5':>9} {'at':>5}")
+    threshold, source = rows[0]["threshold"], rows[0]["threshold_source"]
+    why = {
+        GIVEN: "given with --threshold",
+        CALIBRATED: "from the checkpoint's validation: its best F0.5 there",
+    }.get(source, "the default: the prediction records no calibrated threshold")
+    print(f"threshold {threshold:.2f} ({why})")
+    at = f"F0.5@{threshold:.2f}"
+    print(f"{'start':>5} {at:>9} {'prec':>6} {'recall':>6} {'best F0.5':>9} {'at':>5}")
     for row in rows:
         start = "-" if row["start_layer"] is None else row["start_layer"]
         print(f"{start:>5} {row['f05']:9.3f} {row['precision']:6.3f} {row['recall']:6.3f} "
@@ -410,6 +474,11 @@ def _say(bar, quiet: bool, text: str) -> None:
         bar.write(text)
     else:
         print(text)
+
+
+def _choice(first: bool, first_value, second: bool, second_value):
+    """The value of whichever of two exclusive flags is set; None (the default) for neither."""
+    return first_value if first else second_value if second else None
 
 
 def _str(path: Path | None) -> str | None:

@@ -44,8 +44,15 @@ from napari_inkdetect.devices import resolve_device
 from napari_inkdetect.errors import CheckpointError, ConfigError, InkDetectError
 from napari_inkdetect.io.segment import Segment, open_segment
 from napari_inkdetect.models import SpeedOptions, load_checkpoint
+from napari_inkdetect.models.checkpoints import recommended_threshold
 from napari_inkdetect.models.detector import resolve_autocast_dtype
-from napari_inkdetect.windows import WindowSpec, read_raw, to_model_input, to_volume_pixels
+from napari_inkdetect.windows import (
+    WindowSpec,
+    blend_weight,
+    read_raw,
+    to_model_input,
+    to_volume_pixels,
+)
 
 __all__ = [
     "BatchDone",
@@ -61,6 +68,7 @@ __all__ = [
     "pending_chunks",
     "predict",
     "predict_chunk",
+    "prediction_threshold",
     "prepare_output",
     "run_prediction",
 ]
@@ -307,15 +315,6 @@ def _grid_count(size: int, extent: int, stride: int) -> int:
     return 1 + max(0, math.ceil((size - extent) / stride))
 
 
-def blend_weight(extent: int) -> np.ndarray:
-    """Separable raised-cosine (Hann) weight, sampled at pixel centres so it is never 0.
-
-    At half-tile stride the shifted weights sum to a constant, a crossfade without seams.
-    """
-    ramp = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(extent) + 0.5) / extent)
-    return np.outer(ramp, ramp).astype(np.float32)
-
-
 def _tta_transforms(flips: bool, rot90: bool) -> tuple[tuple[int, bool], ...]:
     if flips and rot90:
         return tuple((k, f) for k in range(4) for f in (False, True))
@@ -499,6 +498,9 @@ def _provenance(job: PredictJob) -> dict[str, Any]:
             "checkpoint": str(job.config.checkpoint),
             "checkpoint_sha256": job.checkpoint_sha256,
             "checkpoint_metadata": job.info,
+            # the checkpoint's calibrated ink threshold (None: not validated); not part of
+            # the fingerprint, so outputs written before it existed still resume
+            "threshold": recommended_threshold(job.info),
             "software": "napari-inkdetect",
             "software_version": __version__,
             "config": job.config.to_dict(),
@@ -944,6 +946,20 @@ def open_prediction(path: str | Path) -> tuple[Any, dict[str, Any]]:
             f"{path}: not a napari-inkdetect prediction (expected the zarr that predict writes)"
         ) from None
     return root[PROB], prov
+
+
+def prediction_threshold(provenance: dict[str, Any]) -> float | None:
+    """The calibrated ink threshold of a prediction (its checkpoint's best-F0.5 threshold on
+    the training run's validation region), from its provenance; None when there is none.
+
+    Outputs written before ``threshold`` was recorded still answer from the checkpoint
+    metadata they carry.
+    """
+    if "threshold" not in provenance:
+        return recommended_threshold(provenance.get("checkpoint_metadata"))
+    value = provenance["threshold"]
+    usable = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
+    return float(value) if usable else None
 
 
 def open_overviews(path: str | Path) -> list[Any]:

@@ -156,3 +156,14 @@ def to_volume_pixels(prob: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
         flat, size=(spec.extent, spec.extent), mode="bilinear", align_corners=False, antialias=True
     )
     return out.reshape(*shape[:-2], spec.extent, spec.extent)
+
+
+def blend_weight(extent: int) -> np.ndarray:
+    """Separable raised-cosine (Hann) weight, sampled at pixel centres so it is never 0.
+
+    At half-tile stride the shifted weights sum to a constant, a crossfade without seams. The
+    predictor and the trainer's validation both blend with it, so the threshold chosen in
+    validation is chosen on the map the user will see.
+    """
+    ramp = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(extent) + 0.5) / extent)
+    return np.outer(ramp, ramp).astype(np.float32)

@@ -161,6 +161,58 @@ def test_threshold_outline_and_scores_against_validation_labels(dock, viewer, qt
     assert not np.asarray(outline.data).any()
 
 
+def test_threshold_slider_takes_the_checkpoint_calibrated_threshold(
+    dock, viewer, qtbot, checkpoints, tmp_path
+):
+    torch.manual_seed(1)
+    metrics = {"best_threshold": 0.37, "best_f05": 0.6, "f05": 0.5, "threshold": 0.5}
+    calibrated = save_checkpoint(
+        tmp_path / "best.safetensors", InkDetector("resnet10", width=0.125), tile_size=64,
+        in_layers=8, provenance={"steps": 4, "metrics": metrics},
+    )  # fmt: skip
+    dock._on_checkpoint_edited()  # the random checkpoint: not validated
+    assert dock.threshold == 0.5 and dock.threshold_source.text() == ""
+    assert "no validation threshold" in dock.threshold_slider.toolTip()
+
+    dock.checkpoint_edit.setText(str(calibrated))
+    dock._on_checkpoint_edited()
+    assert dock.threshold == 0.37 and dock.threshold_label.text() == "0.37"
+    assert dock.threshold_source.text() == "0.37 from the checkpoint's validation"
+    assert "0.37 from the checkpoint's validation" in dock.threshold_slider.toolTip()
+    dock.threshold_slider.setValue(60)  # the user's choice survives the same checkpoint again
+    assert "chosen by hand" in dock.threshold_source.text()
+    dock._on_checkpoint_edited()
+    assert dock.threshold == 0.6
+
+    dock.start_from.setValue(3)
+    dock.start_to.setValue(3)
+    config = dock.build_config()
+    run(dock, qtbot)  # predicting with it keeps the user's threshold too
+    assert dock.overlay().metadata["threshold"] == 0.37 and dock.threshold == 0.6
+
+    dock.checkpoint_edit.setText(str(checkpoints["random"]))
+    dock._on_checkpoint_edited()  # no recommendation any more: the hand-set value stays
+    assert dock.threshold == 0.6 and dock.threshold_source.text() == ""
+    run(dock, qtbot, config)  # a restored (resumed) prediction brings its own threshold
+    assert dock.threshold == 0.37
+    assert dock.threshold_source.text() == "0.37 from the checkpoint's validation"
+    dock.checkpoint_edit.setText(str(checkpoints["random"]))
+    dock._on_checkpoint_edited()  # the slider sat on the old recommendation: back to 0.5
+    assert dock.threshold == 0.5
+
+    dock.threshold_slider.setValue(80)
+    session(viewer).set_checkpoint(calibrated, 3)  # handed over by Finetune: always applied
+    assert dock.checkpoint_edit.text() == str(calibrated) and dock.threshold == 0.37
+    fresh = PredictWidget(viewer)  # a new dock preselects it, threshold included
+    assert fresh.threshold == 0.37 and fresh.threshold_label.text() == "0.37"
+
+    for layer in list(viewer.layers):
+        if "ink" in layer.name:
+            viewer.layers.remove(layer)
+    restored = viewer.open(config.out, plugin="napari-inkdetect")
+    assert restored[0].metadata["threshold"] == 0.37
+
+
 def test_threshold_mask_removes_small_blobs():
     plane = np.zeros((1, 40, 40), np.uint8)
     plane[0, 2:4, 2:4] = 200  # 4 px

@@ -24,6 +24,7 @@ from napari_inkdetect.models import (
     save_checkpoint,
 )
 from napari_inkdetect.models import checkpoints as ckpt_module
+from napari_inkdetect.models.checkpoints import read_checkpoint_info, recommended_threshold
 
 LAYOUT_ENTRIES = list(load_layouts()) or ["(layouts missing)"]
 SMALL = {"resnet10"}  # built for real on the CPU; the others on the meta device
@@ -291,3 +292,50 @@ def test_from_checkpoint_refuses_encoder_only(tmp_path):
     with pytest.raises(CheckpointError, match="only a pretrained encoder"):
         InkDetector.from_checkpoint(tmp_path / "pretrained.pth")
     assert "initialised" in report.summary()
+
+
+# --------------------------------------------------------------------------- calibrated threshold
+
+VALIDATION = {"f05": 0.41, "best_f05": 0.52, "best_threshold": 0.37, "precision": 0.5,
+              "recall": 0.3, "threshold": 0.5, "n_ink": 120, "n_not_ink": 900}  # fmt: skip
+
+
+def test_recommended_threshold_is_the_validation_best(small_model, tmp_path):
+    path = save_checkpoint(
+        tmp_path / "best.safetensors", small_model, provenance={"steps": 8, "metrics": VALIDATION}
+    )
+    info = read_checkpoint_info(path)  # from the header alone
+    assert isinstance(info, CheckpointInfo) and info.provenance["metrics"] == VALIDATION
+    assert recommended_threshold(info) == 0.37
+    assert recommended_threshold(info.to_dict()) == 0.37  # e.g. a prediction's copy of it
+    model, _ = load_checkpoint(path)
+    assert recommended_threshold(model.info) == 0.37
+
+    plain = save_checkpoint(tmp_path / "plain.safetensors", small_model)
+    assert recommended_threshold(read_checkpoint_info(plain)) is None
+    no_val = save_checkpoint(  # a run without validation labels: last.safetensors, metrics None
+        tmp_path / "last.safetensors", small_model, provenance={"steps": 8, "metrics": None}
+    )
+    assert recommended_threshold(read_checkpoint_info(no_val)) is None
+    assert recommended_threshold(None) is None
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.2, 1.5, float("nan"), float("inf"), True, "0.4"])
+def test_recommended_threshold_refuses_unusable_values(value):
+    info = CheckpointInfo(arch="resnet10", provenance={"metrics": {"best_threshold": value}})
+    assert recommended_threshold(info) is None
+
+
+def test_read_checkpoint_info_of_foreign_files_unpickles_nothing(small_model, tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "code-was-run"),))
+
+    torch.save({"model": small_model.state_dict(), "extra": Payload()}, tmp_path / "evil.pth")
+    assert read_checkpoint_info(tmp_path / "evil.pth") is None
+    assert not (tmp_path / "code-was-run").exists()
+    tensors = {k: v.contiguous() for k, v in small_model.state_dict().items()}
+    save_file(tensors, str(tmp_path / "foreign.safetensors"), metadata={"format": "pt"})
+    assert read_checkpoint_info(tmp_path / "foreign.safetensors") is None
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        read_checkpoint_info(tmp_path / "absent.safetensors")

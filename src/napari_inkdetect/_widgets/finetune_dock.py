@@ -63,6 +63,7 @@ from napari_inkdetect.training import (
     TrainFinished,
     TrainStarted,
     Validated,
+    ValidationPlanned,
 )
 
 if TYPE_CHECKING:
@@ -360,7 +361,8 @@ class FinetuneWidget(QWidget):
         self.loss_plot = LossPlot()
         self.status_label = QLabel("Paint ink (1) and not ink (2), then press Finetune.")
         self.checkpoint_label = QLabel("")
-        for label in (self.status_label, self.checkpoint_label):
+        self.validation_label = QLabel("")
+        for label in (self.status_label, self.validation_label, self.checkpoint_label):
             label.setWordWrap(True)
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         for widget in (
@@ -368,6 +370,7 @@ class FinetuneWidget(QWidget):
             self.eta_label,
             self.loss_plot,
             self.status_label,
+            self.validation_label,
             self.checkpoint_label,
         ):
             box.addWidget(widget)
@@ -578,6 +581,7 @@ class FinetuneWidget(QWidget):
             TrainStarted: self._on_started,
             StepDone: self._on_step,
             Validated: self._on_validated,
+            ValidationPlanned: self._on_validation_planned,
             CheckpointSaved: self._on_checkpoint,
             BatchHalved: self._on_batch_halved,
             TrainFinished: self._on_train_finished,
@@ -590,8 +594,9 @@ class FinetuneWidget(QWidget):
         self.progress.setValue(event.start_step)
         self.loss_plot.clear(event.total_steps)
         self._device = event.device
+        notes = "".join(f"\n{note}" for note in getattr(event, "notes", ()))
         self.status_label.setText(
-            f"Training {event.params / 1e6:.2f}M parameters on {event.device}"
+            f"Training {event.params / 1e6:.2f}M parameters on {event.device}{notes}"
         )
 
     def _on_step(self, event: StepDone) -> None:
@@ -611,8 +616,19 @@ class FinetuneWidget(QWidget):
             f"{self._device}"
         )
 
+    def _on_validation_planned(self, event: ValidationPlanned) -> None:
+        """Say what the score will measure (or why there is none) before the first one."""
+        self.validation_label.setText(event.summary)
+
     def _on_validated(self, event: Validated) -> None:
         self.loss_plot.add_f05(event.step, event.f05)
+        kind = "dense" if event.dense else "sparse: cannot see a halo"
+        border = "" if event.border_fp is None else f", border false ink {event.border_fp:.0%}"
+        self.validation_label.setText(
+            f"step {event.step}: validation F0.5 {event.f05:.3f} (best {event.best_f05:.3f} at "
+            f"{event.best_threshold:.2f}) on {event.n_groups} held-out groups, {event.n_ink} ink"
+            f" / {event.n_not_ink} not-ink px ({kind}){border}"
+        )
 
     def _on_checkpoint(self, event: CheckpointSaved) -> None:
         if event.kind == "best":

@@ -58,7 +58,7 @@ from napari_inkdetect.inference import (
     predict,
 )
 from napari_inkdetect.metrics import score
-from napari_inkdetect.models.checkpoints import read_checkpoint_metadata
+from napari_inkdetect.models.checkpoints import read_checkpoint_metadata, recommended_threshold
 
 if TYPE_CHECKING:
     import napari
@@ -72,6 +72,8 @@ CHECKPOINT_FILTER = "Checkpoints (*.safetensors *.pt *.pth *.ckpt *.bin);;All fi
 FOLLOW_DELAY_MS = 600  # the view must rest this long before a follow-the-view run starts
 METRICS_DELAY_MS = 150
 NO_LABELS = "(none)"
+DEFAULT_THRESHOLD = 0.5
+CALIBRATED = "the checkpoint's validation"
 
 
 class ProfilePlot(QWidget):
@@ -171,6 +173,8 @@ class PredictWidget(QWidget):
             self.viewer, on_event=self._on_event, on_done=self._on_done, parent=self
         )
         self.config: PredictConfig | None = None
+        #: the checkpoint's calibrated threshold (best F0.5 on its run's validation region)
+        self.recommended_threshold: float | None = None
         self.last_stall_ms: float | None = None
         self._queued: PredictConfig | None = None
         self._metrics_worker: Any = None
@@ -288,8 +292,10 @@ class PredictWidget(QWidget):
         form = QFormLayout()
         self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(0, 100)
-        self.threshold_slider.setValue(50)
-        self.threshold_label = QLabel("0.50")
+        self.threshold_slider.setValue(round(DEFAULT_THRESHOLD * 100))
+        self.threshold_label = QLabel(f"{DEFAULT_THRESHOLD:.2f}")
+        self.threshold_source = QLabel("")
+        self.threshold_source.setWordWrap(True)
         self.outline_check = QCheckBox("outline")
         self.outline_check.setToolTip("draw the thresholded ink as an outline layer")
         threshold_row = QHBoxLayout()
@@ -308,9 +314,11 @@ class PredictWidget(QWidget):
         metrics_row.addWidget(self.metrics_label, 1)
         metrics_row.addWidget(self.best_button)
         form.addRow("Threshold", threshold_row)
+        form.addRow("", self.threshold_source)
         form.addRow("Min blob", self.min_size_spin)
         form.addRow("Compare to", self.val_combo)
         form.addRow("", metrics_row)
+        self._show_threshold_source()
         return form
 
     def _connect(self) -> None:
@@ -385,35 +393,44 @@ class PredictWidget(QWidget):
     def _on_checkpoint_finetuned(self, path: Path) -> None:
         """A finetune finished (or is running): predict with its checkpoint by default."""
         self.checkpoint_edit.setText(str(path))
-        self._on_checkpoint_edited()
+        self._on_checkpoint_edited(force=True)
 
     def _choose_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", CHECKPOINT_FILTER)
         if path:
             self.checkpoint_edit.setText(path)
-            self._on_checkpoint_edited()
+            self._on_checkpoint_edited(force=True)
 
-    def _on_checkpoint_edited(self) -> None:
-        self._default_start_layers()
+    def _on_checkpoint_edited(self, force: bool = False) -> None:
+        """Start layers around the trained window, the threshold the checkpoint was
+        calibrated at (``force``: even when it is the one already recommended)."""
+        meta = self._checkpoint_meta()
+        self._default_start_layers(meta)
+        self.set_recommended_threshold(recommended_threshold(meta), force=force)
 
-    def _checkpoint_window(self) -> tuple[int | None, int]:
-        """(trained start layer, window length) from our checkpoint's metadata if readable."""
+    def _checkpoint_meta(self) -> dict[str, Any]:
+        """Our checkpoint's metadata from its header ({} for other or unreadable files)."""
         text = self.checkpoint_edit.text().strip()
         try:
-            meta = read_checkpoint_metadata(text) if text else {}
+            return read_checkpoint_metadata(text) if text else {}
         except InkDetectError:
-            meta = {}
+            return {}
+
+    def _checkpoint_window(self, meta: dict[str, Any] | None = None) -> tuple[int | None, int]:
+        """(trained start layer, window length) from our checkpoint's metadata if readable."""
+        text = self.checkpoint_edit.text().strip()
+        meta = self._checkpoint_meta() if meta is None else meta
         start = meta.get("start_layer")
         if start is None and self.session.last_checkpoint == Path(text):
             start = self.session.training_start_layer
         return start, int(meta.get("in_layers") or 22)
 
-    def _default_start_layers(self) -> None:
+    def _default_start_layers(self, meta: dict[str, Any] | None = None) -> None:
         """A band of about +-6 layers around the trained start layer (or the depth slider),
         on the step's grid through that layer, so the trained window itself is predicted."""
         volume = self._layer(self.volume_combo)
         depth = int(volume.data.shape[0]) if volume is not None and volume.ndim == 3 else 1
-        start, layers = self._checkpoint_window()
+        start, layers = self._checkpoint_window(meta)
         last = max(0, depth - layers)
         centre = min(last, start if start is not None else int(self.viewer.dims.current_step[0]))
         step = self.start_step.value()
@@ -568,6 +585,7 @@ class PredictWidget(QWidget):
                 f"Predicting {event.shape[1]} x {event.shape[2]} px x {event.shape[0]} start "
                 f"layers on {event.device} ({event.total_chunks} chunks{done})"
             )
+            self._threshold_from_overlay()
             self._on_slider_moved()
         elif isinstance(event, BatchDone):
             self._last_batch = event
@@ -575,6 +593,7 @@ class PredictWidget(QWidget):
             return
         elif isinstance(event, PredictFinished):
             self._batch_throttle.flush()
+            self._threshold_from_overlay()
             how = "Stopped" if event.stopped else "Done"
             self.status_label.setText(
                 f"{how}: {event.tiles} tiles in {event.seconds:.1f} s "
@@ -638,8 +657,53 @@ class PredictWidget(QWidget):
 
     def _on_threshold_changed(self, *_: Any) -> None:
         self.threshold_label.setText(f"{self.threshold:.2f}")
+        self._show_threshold_source()
         self._update_outline()
         self._schedule_metrics()
+
+    def set_recommended_threshold(self, value: float | None, force: bool = False) -> None:
+        """Move the slider to a calibrated threshold (``None``: the checkpoint has none).
+
+        Only a new recommendation (or ``force``) moves it, so a threshold the user chose
+        survives reruns of the same checkpoint; losing the recommendation puts a slider
+        still on the old one back to 0.5.
+        """
+        previous, self.recommended_threshold = self.recommended_threshold, value
+        if value is not None and (force or value != previous):
+            self.threshold_slider.setValue(round(value * 100))
+        elif (
+            value is None
+            and previous is not None
+            and self.threshold_slider.value() == round(previous * 100)
+        ):
+            self.threshold_slider.setValue(round(DEFAULT_THRESHOLD * 100))
+        self.threshold_label.setText(f"{self.threshold:.2f}")  # also before signals connect
+        self._show_threshold_source()
+
+    def _threshold_from_overlay(self) -> None:
+        """The shown prediction's calibrated threshold (recorded in its provenance)."""
+        layer = self.overlay()
+        if layer is not None and "threshold" in layer.metadata:
+            self.set_recommended_threshold(layer.metadata["threshold"])
+
+    def _show_threshold_source(self) -> None:
+        """Say where the threshold comes from (a label under the slider and its tooltip)."""
+        value = self.recommended_threshold
+        if value is None:
+            self.threshold_source.setText("")
+            self.threshold_slider.setToolTip(
+                "probability above which a pixel counts as ink (the checkpoint has no "
+                f"validation threshold: {DEFAULT_THRESHOLD:.2f} by default)"
+            )
+            return
+        if self.threshold_slider.value() == round(value * 100):
+            self.threshold_source.setText(f"{value:.2f} from {CALIBRATED}")
+        else:
+            self.threshold_source.setText(f"chosen by hand ({CALIBRATED}: {value:.2f})")
+        self.threshold_slider.setToolTip(
+            f"{value:.2f} from {CALIBRATED} (its best F0.5 on the held-out region); "
+            "drag to choose another"
+        )
 
     def _update_outline(self) -> None:
         """The thresholded ink as a lazily computed labels layer drawn as outlines."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import pickle
 import re
 import struct
@@ -52,7 +53,9 @@ __all__ = [
     "LoadReport",
     "infer_architecture",
     "load_checkpoint",
+    "read_checkpoint_info",
     "read_checkpoint_metadata",
+    "recommended_threshold",
     "save_checkpoint",
 ]
 
@@ -444,6 +447,15 @@ def _info_from_metadata(path: Path, text: str) -> CheckpointInfo:
     return info
 
 
+def _header_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors header (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from None
+
+
 def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     """The :class:`CheckpointInfo` of one of our files, as a dict, without reading weights."""
     path = Path(path)
@@ -453,14 +465,52 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
             f"{path}: not a napari-inkdetect checkpoint (no safetensors header); "
             "use load_checkpoint for .pth files"
         )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from None
+    metadata = _header_metadata(path)
     if METADATA_KEY not in metadata:
         raise CheckpointError(f"{path}: safetensors file without {METADATA_KEY} metadata")
     return _info_from_metadata(path, metadata[METADATA_KEY]).to_dict()
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo | None:
+    """The :class:`CheckpointInfo` of one of our files from its header alone (cheap: no
+    weights, no model); ``None`` for any other checkpoint (``.pth`` files are never opened
+    beyond their first bytes, so nothing is unpickled).
+
+    Raises
+    ------
+    CheckpointError
+        For a missing file, a corrupt safetensors header or unreadable metadata of ours.
+    """
+    path = Path(path)
+    _check_exists(path)
+    if not _is_safetensors(path):
+        return None
+    metadata = _header_metadata(path)
+    if METADATA_KEY not in metadata:
+        return None
+    return _info_from_metadata(path, metadata[METADATA_KEY])
+
+
+def recommended_threshold(info: CheckpointInfo | Mapping[str, Any] | None) -> float | None:
+    """The ink threshold a checkpoint was calibrated at: the best-F0.5 threshold on its
+    training run's held-out validation region (``provenance["metrics"]["best_threshold"]``).
+
+    ``info`` is a :class:`CheckpointInfo` or its :meth:`~CheckpointInfo.to_dict` (e.g. a
+    prediction's ``checkpoint_metadata``). ``None`` when the checkpoint was not validated
+    (foreign files, runs without validation labels) or the value is not in ``(0, 1)``.
+    """
+    if isinstance(info, CheckpointInfo):
+        provenance: Any = info.provenance
+    elif isinstance(info, Mapping):
+        provenance = info.get("provenance")
+    else:
+        return None
+    metrics = provenance.get("metrics") if isinstance(provenance, Mapping) else None
+    value = metrics.get("best_threshold") if isinstance(metrics, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and 0.0 < value < 1.0 else None
 
 
 def _software_version() -> str:

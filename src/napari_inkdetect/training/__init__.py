@@ -20,10 +20,12 @@ from napari_inkdetect.training.events import (
     TrainFinished,
     TrainStarted,
     Validated,
+    ValidationPlanned,
 )
 from napari_inkdetect.training.loss import sparse_loss
-from napari_inkdetect.training.sampling import TileSampler, split_components
+from napari_inkdetect.training.sampling import TileSampler
 from napari_inkdetect.training.trainer import lr_at, predict_box, run_training, train
+from napari_inkdetect.training.validation import ValidationPlan, auto_split, given_plan
 
 __all__ = [
     "AugmentConfig",
@@ -36,11 +38,14 @@ __all__ = [
     "TrainFinished",
     "TrainStarted",
     "Validated",
+    "ValidationPlan",
+    "ValidationPlanned",
     "augment_batch",
+    "auto_split",
+    "given_plan",
     "lr_at",
     "predict_box",
     "run_training",
     "sparse_loss",
-    "split_components",
     "train",
 ]

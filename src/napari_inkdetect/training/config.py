@@ -16,6 +16,18 @@ _PART_ALIASES = {
 }
 #: Fields that may differ when resuming: they do not change what is computed.
 RESUME_FREE = ("resume", "device", "log_every", "prefetch", "augment_in_worker")
+#: Window settings that default to None: the ``init`` checkpoint's, else these values.
+WINDOW_DEFAULTS: dict[str, Any] = {
+    "layers": 22,
+    "tile": 256,
+    "scale": 1.0,
+    "depth_direction": "forward",
+}
+#: Settings that default to None: the preset for where training starts
+#: (:func:`~napari_inkdetect.training.init_settings.default_optimisation`).
+PRESET_FIELDS = ("lr", "freeze_batchnorm")
+#: Every setting :func:`~napari_inkdetect.training.init_settings.resolve_init_settings` fills.
+RESOLVED_FIELDS = (*WINDOW_DEFAULTS, "normalisation", *PRESET_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,14 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. ``arch``/``width`` build a fresh model unless ``init`` names a
-    checkpoint (Kinetics encoder, Kaggle ink model or our own file)."""
+    checkpoint (Kinetics encoder, Kaggle ink model or our own file).
+
+    ``layers``, ``tile``, ``scale``, ``depth_direction`` and ``normalisation`` left None are
+    taken from the ``init`` checkpoint (else :data:`WINDOW_DEFAULTS` and the 4th place's
+    normalisation); ``lr`` and ``freeze_batchnorm`` left None follow the preset for where
+    training starts. The trainer resolves them before anything else and records the resolved
+    values in the run's ``config.json`` (see :mod:`.init_settings`).
+    """
 
     segment: str
     labels: str
@@ -86,19 +105,21 @@ class TrainConfig:
     arch: str = "resnet10"
     width: float = 1.0
     start_layer: int | None = None  # None: the window centred in the volume's depth
-    layers: int = 22
-    scale: float = 1.0
+    layers: int | None = None  # None: the init checkpoint's, else 22
+    scale: float | None = None  # None: from the init checkpoint and voxel sizes, else 1.0
     depth_scale: bool = False
-    depth_direction: str = "forward"  # "reverse" flips each window's layer order
-    tile: int = 256
+    depth_direction: str | None = None  # "reverse" flips each window's layer order; None: init's
+    normalisation: dict[str, Any] | None = None  # windows.Normalisation.to_dict(); None: init's
+    tile: int | None = None  # None: the init checkpoint's, else 256
     steps: int = 1000
     epochs: float | None = None  # when set: steps = epochs x labelled tiles / batch
     batch_size: int = 8
-    lr: float = 3e-4
+    lr: float | None = None  # None: the preset for where training starts (init_settings)
     weight_decay: float = 1e-2
     warmup_steps: int | None = None  # None: 5% of the steps
     min_lr_ratio: float = 0.01
     train: str = "all"  # "all", "decoder", "decoder+last", "encoder", "layer3+layer4+decoder"
+    freeze_batchnorm: bool | None = None  # BatchNorm in eval mode; None: True from an ink model
     device: str = "auto"
     autocast: str = "auto"
     activation_checkpointing: bool = False
@@ -116,7 +137,7 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        if self.depth_direction not in ("forward", "reverse"):
+        if self.depth_direction not in (None, "forward", "reverse"):
             raise ConfigError(f"depth_direction {self.depth_direction!r}: use forward/reverse")
         if self.steps < 1 and self.epochs is None:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
@@ -124,6 +145,8 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.loss.label_smoothing < 1:
             raise ConfigError(f"label_smoothing {self.loss.label_smoothing} outside 0..1")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         trained_parts(self.train)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +167,10 @@ class TrainConfig:
     def with_(self, **changes: Any) -> TrainConfig:
         """A copy with some settings changed."""
         return replace(self, **changes)
+
+    def unresolved(self) -> list[str]:
+        """The settings still None that the trainer resolves (empty once resolved)."""
+        return [name for name in RESOLVED_FIELDS if getattr(self, name) is None]
 
     def differences(self, other: TrainConfig) -> list[str]:
         """Settings that differ and change the result (ignores ``RESUME_FREE``)."""

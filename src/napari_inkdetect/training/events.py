@@ -14,13 +14,16 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TrainStarted:
-    """The run is set up: ``params`` trainable parameters on ``device``."""
+    """The run is set up: ``params`` trainable parameters on ``device``; ``notes``: the
+    settings taken from the initial checkpoint or a preset, and where given ones contradict
+    it (one line each)."""
 
     config: Any
     total_steps: int
     device: str
     params: int
     start_step: int = 0
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,24 @@ class StepDone:
 
 
 @dataclass(frozen=True)
+class ValidationPlanned:
+    """What validation will measure: ``source`` "given", "auto" (held-out ink groups in dense
+    boxes) or "none"; ``dense`` when not-ink is painted next to the ink, so a halo counts;
+    ``summary`` is the line to show beside the score (the reason, when there is none)."""
+
+    source: str
+    n_groups: int
+    n_ink: int
+    n_not_ink: int
+    dense: bool
+    summary: str
+
+
+@dataclass(frozen=True)
 class Validated:
-    """Scores on the validation labels after ``step`` steps."""
+    """Scores on the validation region after ``step`` steps; ``n_groups`` held-out ink groups
+    and ``n_ink``/``n_not_ink`` pixels beside them; ``border_fp`` is the share of not-ink in
+    the 16 px band inside the mask's border called ink at 0.5 (None: no border in view)."""
 
     step: int
     f05: float
@@ -45,6 +64,11 @@ class Validated:
     best_threshold: float
     precision: float
     recall: float
+    n_groups: int = 0
+    n_ink: int = 0
+    n_not_ink: int = 0
+    dense: bool = False
+    border_fp: float | None = None
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,29 @@ from napari_inkdetect.training.events import (
     TrainFinished,
     TrainStarted,
     Validated,
+    ValidationPlanned,
+)
+from napari_inkdetect.training.init_settings import (
+    batchnorm_layers,
+    batchnorm_should_freeze,
+    resolve_init_settings,
+    window_spec,
 )
 from napari_inkdetect.training.loss import class_weights, sparse_loss
-from napari_inkdetect.training.sampling import Batch, Prefetcher, TileSampler, split_components
-from napari_inkdetect.windows import WindowSpec, read_raw, to_model_input, to_volume_pixels
+from napari_inkdetect.training.sampling import Batch, Prefetcher, TileSampler
+from napari_inkdetect.training.validation import (
+    ValidationPlan,
+    auto_split,
+    border_band,
+    given_plan,
+)
+from napari_inkdetect.windows import (
+    WindowSpec,
+    blend_weight,
+    read_raw,
+    to_model_input,
+    to_volume_pixels,
+)
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
 LAST, BEST, STATE = "last.safetensors", "best.safetensors", "last.state.pt"
@@ -75,7 +94,8 @@ class _Run:
     spec: WindowSpec
     start_layer: int
     train_labels: np.ndarray
-    val_labels: np.ndarray | None
+    plan: ValidationPlan
+    mask: np.ndarray | None
     sampler: TileSampler
     total_steps: int
     device: torch.device
@@ -93,6 +113,7 @@ class _Run:
     prefetcher: Prefetcher | None = None
     frozen: list[nn.Module] = field(default_factory=list)
     autocast: str = "off"
+    notes: tuple[str, ...] = ()  # what resolve_init_settings picked, for TrainStarted
 
     def close(self) -> None:
         """Stop the prefetch thread and give GPU memory back."""
@@ -124,9 +145,8 @@ def _read_labels(segment: Any, path: str) -> np.ndarray:
 
 
 def _window(config: TrainConfig, nz: int) -> tuple[WindowSpec, int]:
-    spec = WindowSpec(
-        layers=config.layers, tile=config.tile, scale=config.scale, depth_scale=config.depth_scale
-    )
+    """The window of a resolved ``config`` (see :mod:`.init_settings`) and its start layer."""
+    spec = window_spec(config)
     depth = spec.source_layers
     start = (nz - depth) // 2 if config.start_layer is None else config.start_layer
     if start < 0 or start + depth > nz:
@@ -137,13 +157,16 @@ def _window(config: TrainConfig, nz: int) -> tuple[WindowSpec, int]:
     return spec, start
 
 
-def _split(config: TrainConfig, segment: Any, labels: np.ndarray):
-    """Train labels and validation labels (given, automatic split, or None)."""
+def _plan_validation(
+    config: TrainConfig, segment: Any, labels: np.ndarray, mask: np.ndarray | None, extent: int
+) -> tuple[np.ndarray, ValidationPlan]:
+    """Training labels and the validation plan: given labels, the automatic split of whole
+    ink groups into dense boxes, or none (with the reason; the run says so)."""
     if config.val_labels:
         val = _read_labels(segment, config.val_labels)
-        return np.where(val > 0, 0, labels).astype(np.uint8), val
-    split = split_components(labels, config.val_fraction, config.seed)
-    return (labels, None) if split is None else split
+        train = np.where(val > 0, 0, labels).astype(np.uint8)
+        return train, given_plan(val, train, extent)
+    return auto_split(labels, extent, config.val_fraction, config.seed, mask=mask)
 
 
 def _build_model(config: TrainConfig) -> InkDetector:
@@ -210,16 +233,30 @@ def _setup(config: TrainConfig) -> _Run:
     dist = Distributed.from_env()
     micro_batch = dist.local_batch(config.batch_size)
     segment = open_segment(config.segment)
+    config, notes = resolve_init_settings(config, segment.voxel_size_um)  # before _prepare_dir
     spec, start = _window(config, segment.shape[0])
     labels = _read_labels(segment, config.labels)
-    train_labels, val_labels = _split(config, segment, labels)
+    mask = segment.read_mask()
+    train_labels, plan = _plan_validation(config, segment, labels, mask, spec.extent)
+    if not (train_labels == INK).any() or not (train_labels == NOT_INK).any():
+        raise LabelsError(
+            f"{config.labels}: no ink or no not-ink left to train on once validation is "
+            "held out; paint more, or give validation labels of their own"
+        )
     model = _build_model(config)
     config = _prepare_dir(config, write=dist.is_main)
     device = dist.resolve_device(config.device)
     if config.sync_batchnorm:
         model = dist.sync_batchnorm(model, device)
     sampler = TileSampler(
-        segment, train_labels, spec, start, config.seed, config.depth_direction == "reverse"
+        segment,
+        train_labels,
+        spec,
+        start,
+        config.seed,
+        config.depth_direction == "reverse",
+        mask=mask,
+        plan=plan,
     )
     total = config.steps
     if config.epochs is not None:
@@ -248,7 +285,8 @@ def _setup(config: TrainConfig) -> _Run:
         spec=spec,
         start_layer=start,
         train_labels=train_labels,
-        val_labels=val_labels,
+        plan=plan,
+        mask=mask,
         sampler=sampler,
         total_steps=total,
         device=device,
@@ -262,6 +300,7 @@ def _setup(config: TrainConfig) -> _Run:
         micro_batch=micro_batch,
         frozen=frozen,
         autocast=autocast,
+        notes=tuple(notes),
     )
     if config.resume:
         _load_state(run)
@@ -363,6 +402,12 @@ def _set_train_mode(run: _Run) -> None:
     run.model.train()
     for module in run.frozen:  # frozen parts keep their BatchNorm statistics
         module.eval()
+    halved = run.micro_batch < run.config.batch_size  # out of memory split the batch
+    if run.config.freeze_batchnorm or (
+        halved and batchnorm_should_freeze(run.micro_batch, False)
+    ):  # a trained model keeps its statistics; 1-2 tiles after a halving are noise
+        for module in batchnorm_layers(run.model):
+            module.eval()
 
 
 def _make_batch(run: _Run, step: int) -> Batch:
@@ -446,6 +491,7 @@ def _train_step(run: _Run, batch: Batch) -> Iterator[Any]:
                     "tile, width or train='decoder', or activation_checkpointing"
                 ) from None
             run.micro_batch = max(1, run.micro_batch // 2)
+            _set_train_mode(run)  # BatchNorm may stop training on the smaller batch
             yield BatchHalved(run.micro_batch, math.ceil(cfg.batch_size / run.micro_batch))
     loss = run.dist.mean(loss)  # the same on all ranks: a NaN stops them all
     if not math.isfinite(loss):
@@ -460,11 +506,6 @@ def _train_step(run: _Run, batch: Batch) -> Iterator[Any]:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _box(labels: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(labels)
-    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
 
 
 def _starts(lo: int, hi: int, extent: int, stride: int) -> list[int]:
@@ -487,8 +528,9 @@ def predict_box(
     reverse: bool = False,
     autocast: str = "off",
 ) -> np.ndarray:
-    """Ink probability over ``box`` (y0, y1, x0, x1): overlapping tiles (half-tile stride),
-    averaged. Small and simple on purpose; whole segments go through ``inference``."""
+    """Ink probability over ``box`` (y0, y1, x0, x1): overlapping tiles at half-tile stride
+    blended with the predictor's Hann weight, so validation scores the map Predict shows.
+    Small on purpose; whole segments go through ``inference``."""
     y0, y1, x0, x1 = box
     e = spec.extent
     corners = [
@@ -498,6 +540,7 @@ def predict_box(
     ]
     acc = np.zeros((max(y1 - y0, e), max(x1 - x0, e)), np.float32)
     hits = np.zeros_like(acc)
+    weight = blend_weight(e)
     model.eval()
     for i in range(0, len(corners), batch):
         chunk = corners[i : i + batch]
@@ -508,28 +551,42 @@ def predict_box(
             logits = model(x)
         prob = to_volume_pixels(torch.softmax(logits.float(), 1)[:, 1], spec).cpu().numpy()
         for (y, xx), p in zip(chunk, prob, strict=True):
-            acc[y - y0 : y - y0 + e, xx - x0 : xx - x0 + e] += p
-            hits[y - y0 : y - y0 + e, xx - x0 : xx - x0 + e] += 1
-    return (acc / np.maximum(hits, 1))[: y1 - y0, : x1 - x0]
+            acc[y - y0 : y - y0 + e, xx - x0 : xx - x0 + e] += p * weight
+            hits[y - y0 : y - y0 + e, xx - x0 : xx - x0 + e] += weight
+    return (acc / np.maximum(hits, 1e-12))[: y1 - y0, : x1 - x0]
 
 
 def _validate(run: _Run) -> dict[str, Any]:
-    box = _box(run.val_labels)
-    prob = predict_box(
-        run.model,
-        run.segment,
-        run.spec,
-        run.start_layer,
-        box,
-        run.device,
-        batch=2 * run.config.batch_size,
-        reverse=run.config.depth_direction == "reverse",
-        autocast=run.autocast,
-    )
-    y0, y1, x0, x1 = box
-    scores = score(prob, run.val_labels[y0:y1, x0:x1])
+    """Scores over the plan's boxes only (the labelled pixels' tiles, never the bounding box
+    of all validation labels), plus the false-ink rate in the mask's border band."""
+    plan, probs, labels, band = run.plan, [], [], []
+    for box in plan.boxes:
+        prob = predict_box(
+            run.model,
+            run.segment,
+            run.spec,
+            run.start_layer,
+            box,
+            run.device,
+            batch=2 * run.config.batch_size,
+            reverse=run.config.depth_direction == "reverse",
+            autocast=run.autocast,
+        )
+        y0, y1, x0, x1 = box
+        truth = plan.labels[y0:y1, x0:x1]
+        keep = truth > 0
+        probs.append(prob[keep])
+        labels.append(truth[keep])
+        if run.mask is not None:
+            band.append(border_band(run.mask[y0:y1, x0:x1])[keep])
+    prob, truth = np.concatenate(probs), np.concatenate(labels)
+    scores = score(prob, truth).to_dict()
+    in_band = np.concatenate(band) if band else np.zeros(truth.shape, bool)
+    paper_band = in_band & (truth == NOT_INK)
+    scores["border_fp"] = float(np.mean(prob[paper_band] >= 0.5)) if paper_band.any() else None
+    scores.update(n_groups=plan.n_groups, dense=plan.dense, source=plan.source)
     _set_train_mode(run)
-    return scores.to_dict()
+    return scores
 
 
 # --------------------------------------------------------------------------- the loop
@@ -539,7 +596,7 @@ def _after_step(run: _Run) -> Iterator[Any]:
     """Validation and checkpoints due after ``run.step`` steps."""
     cfg = run.config
     done = run.step == run.total_steps
-    if run.val_labels is not None and (run.step % cfg.val_every == 0 or done):
+    if run.plan.labels is not None and (run.step % cfg.val_every == 0 or done):
         metrics = _validate(run)
         _log(run, {"kind": "val", "step": run.step, **metrics})
         yield Validated(
@@ -549,6 +606,11 @@ def _after_step(run: _Run) -> Iterator[Any]:
             metrics["best_threshold"],
             metrics["precision"],
             metrics["recall"],
+            n_groups=metrics["n_groups"],
+            n_ink=metrics["n_ink"],
+            n_not_ink=metrics["n_not_ink"],
+            dense=metrics["dense"],
+            border_fp=metrics["border_fp"],
         )
         if metrics["best_f05"] > run.best_f05:
             run.best_f05, run.best_metrics = metrics["best_f05"], metrics
@@ -561,7 +623,7 @@ def _after_step(run: _Run) -> Iterator[Any]:
 def _finish(run: _Run, started: float, stopped: bool) -> Iterator[Any]:
     if run.dist.is_main:
         yield CheckpointSaved(_save_last(run), run.step, "last")
-        if run.val_labels is None:  # no validation: the best is the last
+        if run.plan.labels is None:  # no validation: the best is the last
             yield CheckpointSaved(_save_model(run, BEST, None), run.step, "best")
     run.dist.barrier()  # the other ranks finish once rank 0's files exist
     best = run.run_dir / BEST
@@ -614,7 +676,13 @@ def train(config: TrainConfig, stop: Any = None) -> Iterator[Any]:
     try:
         params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
         if run.dist.is_main:
-            yield TrainStarted(run.config, run.total_steps, str(run.device), params, run.step)
+            yield TrainStarted(
+                run.config, run.total_steps, str(run.device), params, run.step, notes=run.notes
+            )
+            plan = run.plan
+            yield ValidationPlanned(
+                plan.source, plan.n_groups, plan.n_ink, plan.n_not_ink, plan.dense, plan.summary()
+            )
         yield from _loop(run, stop)
     finally:
         run.close()

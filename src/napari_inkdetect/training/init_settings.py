@@ -1,0 +1,450 @@
+"""Training starts from the initial checkpoint's own settings.
+
+A model is trained for one window (layers, tile, in-plane scale, depth order, intensity
+normalisation); finetuning it in another silently wastes what it learned. So the settings a
+:class:`~napari_inkdetect.training.config.TrainConfig` leaves ``None`` are filled here from the
+``init`` checkpoint, before the run directory is written:
+
+- our ``.safetensors`` files: their recorded ``in_layers``, ``tile_size``, ``depth_reverse``,
+  ``normalisation`` and ``scale`` (rescaled by the voxel sizes when the file records the voxel
+  size of its training data under ``provenance["voxel_size_um"]``);
+- foreign ink models (the Kaggle 4th-place folds, which record nothing): 22 layers, tile 256,
+  forward depth, trained on 3.24 um fragments, so ``scale = segment um / 3.24`` (2.44 on
+  7.91 um scroll data);
+- Kinetics-pretrained encoders and runs from scratch: the defaults (22, 256, 1.0, forward).
+
+``scale`` is model pixels per volume pixel: a model trained at 3.24 um applied to 7.91 um data
+needs the volume upscaled by 7.91 / 3.24. An explicit setting always wins; where it contradicts
+the checkpoint a note says so. ``lr`` and ``freeze_batchnorm`` left ``None`` follow
+:func:`default_optimisation`. A resumed run takes the values its ``config.json`` recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from napari_inkdetect.errors import CheckpointError, ConfigError
+from napari_inkdetect.io.segment import FRAGMENT_VOXEL_UM
+from napari_inkdetect.models.checkpoints import (
+    KIND_INK_MODEL,
+    KIND_NAPARI_INKDETECT,
+    KIND_PRETRAINED_ENCODER,
+    CheckpointInfo,
+    load_checkpoint,
+    read_checkpoint_metadata,
+)
+from napari_inkdetect.training.config import (
+    PRESET_FIELDS,
+    RESOLVED_FIELDS,
+    WINDOW_DEFAULTS,
+    TrainConfig,
+)
+from napari_inkdetect.windows import Normalisation, WindowSpec
+
+__all__ = [
+    "KAGGLE_LAYERS",
+    "KAGGLE_TILE",
+    "KAGGLE_VOXEL_UM",
+    "MIN_BATCHNORM_TILES",
+    "InitFacts",
+    "OptimisationPreset",
+    "batchnorm_layers",
+    "batchnorm_should_freeze",
+    "default_optimisation",
+    "read_init_facts",
+    "resolve_init_settings",
+    "window_spec",
+]
+
+#: What the 4th-place Kaggle ink models were trained on (they record none of it).
+KAGGLE_LAYERS, KAGGLE_TILE, KAGGLE_VOXEL_UM = 22, 256, FRAGMENT_VOXEL_UM
+#: Where one of our checkpoints may record the voxel size (um) of its training segment.
+VOXEL_KEYS = ("voxel_size_um", "segment_voxel_size_um")
+#: BatchNorm trains only on at least this many tiles per forward pass (else: eval mode).
+MIN_BATCHNORM_TILES = 4
+_CONFIG_FILE = "config.json"  # trainer.CONFIG_FILE (not imported: the trainer imports us)
+_FLAGS = {
+    "layers": "--layers",
+    "tile": "--tile",
+    "scale": "--scale",
+    "depth_direction": "--forward/--reverse",
+    "normalisation": "normalisation",
+    "lr": "--lr",
+    "freeze_batchnorm": "--freeze-batchnorm/--train-batchnorm",
+}
+
+
+@dataclass(frozen=True)
+class InitFacts:
+    """What an initial checkpoint says about how it was trained; None: it does not say."""
+
+    path: Path
+    kind: str
+    layers: int | None = None
+    tile: int | None = None
+    scale: float | None = None  # model pixels per volume pixel it was trained at
+    voxel_um: float | None = None  # voxel size of the data it was trained on
+    depth_reverse: bool | None = None
+    depth_scale: bool | None = None
+    normalisation: dict[str, Any] | None = None
+    assumed: bool = False  # facts known about a file kind, not read from the file
+
+    @property
+    def label(self) -> str:
+        """How the notes name the file."""
+        what = {
+            KIND_NAPARI_INKDETECT: "",
+            KIND_INK_MODEL: " (foreign ink model: assumed a Kaggle 4th-place fold)",
+            KIND_PRETRAINED_ENCODER: " (Kinetics-pretrained encoder: records no window)",
+        }.get(self.kind, f" ({self.kind})")
+        return f"{self.path.name}{what}"
+
+
+@dataclass(frozen=True)
+class OptimisationPreset:
+    """Learning rate, trained parts and BatchNorm mode for where training starts."""
+
+    lr: float
+    train: str
+    freeze_batchnorm: bool
+    reason: str
+
+
+def default_optimisation(init_kind: str | None, device_type: str = "cpu") -> OptimisationPreset:
+    """The preset for a start: ``init_kind`` None (from scratch), ``KIND_PRETRAINED_ENCODER``
+    (a Kinetics-pretrained encoder, random decoder) or a trained ink model (any other kind).
+
+    From scratch: lr 1e-3 on the CPU (small models, few steps), 3e-4 on a GPU; BatchNorm trains.
+    From a Kinetics encoder: lr 1e-4, BatchNorm trains (its statistics are of video frames).
+    From a trained ink model: lr 3e-5, BatchNorm frozen (eval mode: the statistics it learned
+    on many fragments are kept; a few painted tiles would overwrite them). All parts train.
+    """
+    if init_kind is None:
+        on_cpu = device_type == "cpu"
+        where = "the CPU" if on_cpu else "a GPU"
+        return OptimisationPreset(
+            1e-3 if on_cpu else 3e-4, "all", False, f"training from scratch on {where}"
+        )
+    if init_kind == KIND_PRETRAINED_ENCODER:
+        reason = "starting from a Kinetics-pretrained encoder"
+        return OptimisationPreset(1e-4, "all", False, reason)
+    return OptimisationPreset(3e-5, "all", True, "finetuning a trained ink model")
+
+
+def batchnorm_should_freeze(
+    micro_batch: int, freeze_batchnorm: bool | None, *, processes: int = 1
+) -> bool:
+    """Whether BatchNorm layers go in eval mode for a forward pass of ``micro_batch`` tiles.
+
+    True when asked (``freeze_batchnorm``), and whenever fewer than
+    :data:`MIN_BATCHNORM_TILES` tiles would make up the batch statistics (e.g. after out of
+    memory halved the micro-batch to 1-2 tiles): statistics of one or two tiles are noise, and
+    the running averages would drift towards them. ``processes``: the world size when
+    SyncBatchNorm pools the statistics over processes, else 1.
+    """
+    return bool(freeze_batchnorm) or micro_batch * max(1, processes) < MIN_BATCHNORM_TILES
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer of ``model`` (SyncBatchNorm included)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+# --------------------------------------------------------------------------- the checkpoint
+
+
+def read_init_facts(path: str | Path) -> InitFacts:
+    """The training settings an initial checkpoint records (ours: header only, no weights;
+    ``.pth`` files: loaded onto the meta device to learn their kind)."""
+    path = Path(path)
+    try:
+        info = CheckpointInfo.from_dict(read_checkpoint_metadata(path))
+    except (CheckpointError, ConfigError):
+        _, report = load_checkpoint(path, device="meta")  # its own error when unreadable
+        info = report.info if report.kind == KIND_NAPARI_INKDETECT else None
+        kind = report.kind
+    else:
+        kind = KIND_NAPARI_INKDETECT
+    if kind == KIND_NAPARI_INKDETECT and info is not None:
+        return InitFacts(
+            path,
+            kind,
+            layers=int(info.in_layers),
+            tile=int(info.tile_size),
+            scale=float(info.scale),
+            voxel_um=_recorded_voxel(info),
+            depth_reverse=bool(info.depth_reverse),
+            depth_scale=bool(info.depth_scale),
+            normalisation=Normalisation.from_dict(info.normalisation).to_dict(),
+        )
+    if kind == KIND_INK_MODEL:
+        return InitFacts(
+            path,
+            kind,
+            layers=KAGGLE_LAYERS,
+            tile=KAGGLE_TILE,
+            scale=1.0,
+            voxel_um=KAGGLE_VOXEL_UM,
+            depth_reverse=False,
+            depth_scale=False,
+            normalisation=Normalisation().to_dict(),
+            assumed=True,
+        )
+    return InitFacts(path, kind)
+
+
+def _recorded_voxel(info: CheckpointInfo) -> float | None:
+    for source in (info.provenance or {}, info.extra or {}):
+        for key in VOXEL_KEYS:
+            value = source.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+                return float(value)
+    return None
+
+
+def _checkpoint_scale(facts: InitFacts, segment_um: float | None) -> tuple[float | None, str]:
+    """The scale the checkpoint asks for on this segment, and why."""
+    if facts.scale is None:
+        return None, ""
+    if facts.voxel_um is not None and segment_um:
+        scale = round(facts.scale * segment_um / facts.voxel_um, 4)
+        trained = f"{facts.voxel_um:g} um training data"
+        if facts.scale != 1.0:
+            trained += f" at scale {facts.scale:g}"
+        return scale, f"{segment_um:g} um segment voxels vs {trained}"
+    if facts.voxel_um is not None:
+        return facts.scale, (
+            f"this segment's voxel size is unknown: assumed {facts.voxel_um:g} um like the "
+            "checkpoint's training data"
+        )
+    return facts.scale, (
+        "the checkpoint's own scale; it records no voxel size, so this assumes the segment "
+        "has the voxel size of its training data"
+    )
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def resolve_init_settings(
+    config: TrainConfig,
+    segment_voxel_um: float | None,
+    device_type: str | None = None,
+) -> tuple[TrainConfig, list[str]]:
+    """``config`` with every setting left None filled (see the module docstring), and the
+    human-readable notes on what was picked and what contradicts the checkpoint.
+
+    ``device_type`` ("cpu", "cuda", "mps") chooses the from-scratch learning rate; None:
+    resolved from ``config.device``. Raises ``CheckpointError`` for an unreadable ``init``.
+    """
+    notes: list[str] = []
+    explicit = {name for name in RESOLVED_FIELDS if getattr(config, name) is not None}
+    config = _from_resumed_run(config, notes)
+    facts = read_init_facts(config.init) if config.init else None
+    window = _checkpoint_window(facts, segment_voxel_um)
+    filled: dict[str, Any] = {}
+    for name, default in {**WINDOW_DEFAULTS, "normalisation": _default_norm()}.items():
+        if getattr(config, name) is None:
+            value = window.get(name)
+            filled[name] = default if value is None else value
+    filled["normalisation"] = Normalisation.from_dict(
+        filled.get("normalisation", config.normalisation)
+    ).to_dict()  # validated, in one canonical form (an explicit one too: not noted as filled)
+    if config.normalisation is not None:
+        config = replace(config, normalisation=filled.pop("normalisation"))
+    preset = None
+    if any(getattr(config, name) is None for name in PRESET_FIELDS):
+        kind = facts.kind if facts is not None else None
+        if kind is None and device_type is None and config.lr is None:
+            device_type = _device_type(config.device)
+        preset = default_optimisation(kind, device_type or "cpu")
+        if config.lr is None:
+            filled["lr"] = preset.lr
+        if config.freeze_batchnorm is None:
+            filled["freeze_batchnorm"] = preset.freeze_batchnorm
+    resolved = replace(config, **filled)
+    if facts is not None:
+        notes += _window_notes(facts, window, resolved, filled, explicit, segment_voxel_um)
+    if preset is not None:
+        notes += _preset_notes(preset, resolved, filled)
+    missing = resolved.unresolved()
+    if missing:  # pragma: no cover - every field has a default above
+        raise ConfigError(f"could not resolve {', '.join(missing)}")
+    return resolved, notes
+
+
+def _from_resumed_run(config: TrainConfig, notes: list[str]) -> TrainConfig:
+    """Unset settings from the ``config.json`` of the run being resumed (resolved when it
+    began), so that ``resume`` compares like with like even where a preset would differ now
+    (e.g. resumed on a GPU). A missing or unreadable file is left to the trainer to report."""
+    if not config.resume:
+        return config
+    try:
+        stored = TrainConfig.from_dict(json.loads((Path(config.out) / _CONFIG_FILE).read_text()))
+    except (OSError, ValueError, TypeError, ConfigError):
+        return config
+    fill = {
+        name: getattr(stored, name)
+        for name in RESOLVED_FIELDS
+        if getattr(config, name) is None and getattr(stored, name) is not None
+    }
+    if fill:
+        notes.append(f"resuming: {', '.join(fill)} as recorded in {config.out}/{_CONFIG_FILE}")
+    return replace(config, **fill)
+
+
+def _checkpoint_window(facts: InitFacts | None, segment_um: float | None) -> dict[str, Any]:
+    if facts is None:
+        return {}
+    scale, _ = _checkpoint_scale(facts, segment_um)
+    direction = None
+    if facts.depth_reverse is not None:
+        direction = "reverse" if facts.depth_reverse else "forward"
+    return {
+        "layers": facts.layers,
+        "tile": facts.tile,
+        "scale": scale,
+        "depth_direction": direction,
+        "normalisation": facts.normalisation,
+    }
+
+
+def _window_notes(
+    facts: InitFacts,
+    window: dict[str, Any],
+    config: TrainConfig,
+    filled: dict[str, Any],
+    explicit: set[str],
+    segment_um: float | None,
+) -> list[str]:
+    notes: list[str] = []
+    taken = [n for n in WINDOW_DEFAULTS if n in filled and window.get(n) is not None]
+    if "normalisation" in filled and window.get("normalisation") not in (None, _default_norm()):
+        taken.append("normalisation")
+    defaulted = [n for n in WINDOW_DEFAULTS if n in filled and window.get(n) is None]
+    if taken:
+        flags = ", ".join(_FLAGS[n] for n in taken if n != "normalisation")
+        notes.append(
+            f"window {_describe(config, taken)} taken from init checkpoint {facts.label}"
+            + (f" (override with {flags})" if flags else "")
+        )
+    if defaulted:
+        notes.append(
+            f"init checkpoint {facts.label}: window {_describe(config, defaulted)} (the defaults)"
+        )
+    _, why = _checkpoint_scale(facts, segment_um)
+    if "scale" in taken and why:
+        notes.append(f"scale {config.scale:.4g}: {why}")
+    if (
+        facts.kind == KIND_INK_MODEL
+        and "scale" in taken
+        and segment_um is None
+        and facts.voxel_um is not None
+    ):
+        notes.append(
+            f"for 7.91 um scroll data use --scale {7.91 / facts.voxel_um:.2f} with this model"
+        )
+    for name in [n for n in RESOLVED_FIELDS if n in explicit and n not in filled]:
+        note = _contradiction(name, getattr(config, name), window.get(name), facts, why)
+        if note:
+            notes.append(note)
+    if facts.depth_scale is not None and facts.depth_scale != config.depth_scale:
+        notes.append(
+            f"depth_scale {config.depth_scale}: {facts.path.name} was trained with depth_scale "
+            f"{facts.depth_scale}; set depth_scale={facts.depth_scale} to keep its window"
+        )
+    return notes
+
+
+def _default_norm() -> dict[str, Any]:
+    return Normalisation().to_dict()
+
+
+def _describe(config: TrainConfig, names: list[str]) -> str:
+    reverse = config.depth_direction == "reverse"
+    parts = {
+        "layers": f"{config.layers} layers",
+        "tile": f"tile {config.tile}",
+        "scale": f"scale {config.scale:.3g}",
+        "depth_direction": f"depth {'reversed' if reverse else 'forward'}",
+        "normalisation": f"{(config.normalisation or {}).get('kind')} normalisation",
+    }
+    items = [parts[n] for n in names]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _contradiction(name: str, given: Any, wanted: Any, facts: InitFacts, why: str) -> str | None:
+    """A note when an explicit setting differs from what the checkpoint was trained with."""
+    if wanted is None:
+        return None
+    who = facts.path.name + (" (assumed a Kaggle fold)" if facts.assumed else "")
+    if name == "layers" and given != wanted:
+        return (
+            f"layers {given} given; {who} was trained on {wanted}-layer windows (its 3D "
+            "convolutions take any depth, but what it learned about depth may not carry over)"
+        )
+    if name == "tile" and given != wanted:
+        return (
+            f"tile {given} given; {who} was trained on tile {wanted} (fine for a convolutional "
+            "model, though each tile sees a different context)"
+        )
+    if name == "scale" and not math.isclose(given, wanted, rel_tol=1e-3):
+        return (
+            f"scale {given:g} given; {who} expects {wanted:.4g} here ({why}): ink strokes will "
+            f"look {given / wanted:.2g}x the size it was trained on"
+        )
+    if name == "depth_direction" and given != wanted:
+        trained = "reversed" if wanted == "reverse" else wanted
+        return f"depth {given} given; {who} was trained with depth {trained}"
+    if name == "normalisation":
+        mine = Normalisation.from_dict(given).to_dict()
+        if mine != Normalisation.from_dict(wanted).to_dict():
+            return (
+                f"normalisation {mine['kind']} given; {who} was trained with {wanted['kind']} "
+                f"({json.dumps(wanted)})"
+            )
+    return None
+
+
+def _preset_notes(
+    preset: OptimisationPreset, config: TrainConfig, filled: dict[str, Any]
+) -> list[str]:
+    picked = []
+    if "lr" in filled:
+        picked.append(f"lr {config.lr:g}")
+    if "freeze_batchnorm" in filled:
+        picked.append(
+            "BatchNorm frozen (eval mode, statistics kept)"
+            if config.freeze_batchnorm
+            else "BatchNorm trains"
+        )
+    if not picked:
+        return []
+    flags = ", ".join(_FLAGS[n] for n in PRESET_FIELDS if n in filled)
+    return [f"{' and '.join(picked)}: the preset for {preset.reason} (override with {flags})"]
+
+
+def _device_type(device: str) -> str:
+    from napari_inkdetect.training.distributed import Distributed
+
+    try:
+        return Distributed.from_env().resolve_device(device).type
+    except ConfigError:  # the trainer reports a bad device itself
+        return "cpu"
+
+
+def window_spec(config: TrainConfig) -> WindowSpec:
+    """The window of a resolved ``config`` (its normalisation included)."""
+    return WindowSpec(
+        layers=config.layers,
+        tile=config.tile,
+        scale=config.scale,
+        depth_scale=config.depth_scale,
+        normalisation=Normalisation.from_dict(config.normalisation),
+    )
