@@ -3,7 +3,7 @@ out by the automatic split for validation), then score every letter the model ne
 every pixel of the boxes around them counted, against the intensity-threshold baseline.
 
     python benchmarks/bench_quality.py [--quick] [--variants default,faint,...] [--seeds 0,1]
-        [--labels sparse|dense] [--smoothing 0.3] [--steps 600]
+        [--labels sparse|dense] [--smoothing 0.3] [--steps 1000]
 
 Per variant and seed it prints held-out F0.5 (at the best threshold and at the validation's
 threshold), validation F0.5 and the gap between the two (the figure of merit of the
@@ -32,6 +32,7 @@ from napari_inkdetect.io.segment import open_segment
 from napari_inkdetect.metrics import score
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import AugmentConfig, LossConfig, TrainConfig, Validated, train
+from napari_inkdetect.training.presets import PRESETS
 from napari_inkdetect.training.validation import border_band
 from napari_inkdetect.windows import WindowSpec
 
@@ -42,6 +43,8 @@ VARIANTS = {  # what differs on real scrolls
     "small-letters": {"letter_height": 40},
     "deep-band": {"ink_offset": 6, "ink_thickness": 4},
     "reversed": {"reverse": True},
+    "coarse-papyrus": {"texture_strength": 2.0},
+    "ragged-mask": {"ragged_mask": True},
 }
 
 
@@ -106,6 +109,10 @@ def run_case(variant: str, seed: int, args: argparse.Namespace, tmp: Path) -> di
     )  # fmt: skip
     prob = np.asarray(open_prediction(out)[0][0]).astype(np.float32) / 255
     held = seg.validation_labels(5)  # dense truth around letters 6.. (never trained on)
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(Path(args.save) / f"{variant}-{seed}.npz", prob=prob, truth=seg.truth,
+                            labels=labels, held=held, mask=seg.mask)  # fmt: skip
     best_val = max(validations, key=lambda v: v.best_f05) if validations else None
     held_scores = score(prob, held)
     at_val = score(prob, held, threshold=best_val.best_threshold) if best_val else held_scores
@@ -135,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--labels", choices=("sparse", "dense"), default="dense")
     p.add_argument("--smoothing", type=float, default=LossConfig().label_smoothing)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=PRESETS["cpu"].steps)
+    p.add_argument("--save", help="folder for each case's probability map and labels (.npz)")
     args = p.parse_args(argv)
     variants = ["default", "faint"] if args.quick else args.variants.split(",")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]

@@ -35,8 +35,8 @@ def main() -> None:
     viewer.window.resize(1560, 960)
     add_layers(viewer, make_sample_segment())
     _, finetune, predict, _ = add_docks(viewer)
-    start = 6  # the window 6-27 holds the sample's ink band (layers 16-22)
-    viewer.dims.set_current_step(0, start)
+    centre = 17  # the window 6-27, centred on layer 17, holds the sample's ink band (16-22)
+    viewer.dims.set_current_step(0, centre)
     frames: list[Image.Image] = []
 
     def grab() -> None:
@@ -80,11 +80,11 @@ def main() -> None:
             layer.visible = False
     predict.outline_check.setChecked(True)
     predict.threshold_slider.setValue(50)
-    for z in range(predict.start_from.value(), predict.start_to.value() + 1, 2):
+    for z in range(predict.centre_from.value(), predict.centre_to.value() + 1, 2):
         viewer.dims.set_current_step(0, z)
         settle(1.2)
         grab()
-    viewer.dims.set_current_step(0, start)
+    viewer.dims.set_current_step(0, centre)
     settle(1.5)
     viewer.screenshot(str(DOCS / "workflow.png"), canvas_only=False, flash=False)
     frames[0].save(

@@ -15,6 +15,15 @@ from PIL import Image
 os.environ.setdefault("NAPARI_INKDETECT_CACHE", tempfile.mkdtemp(prefix="inkdetect-test-cache-"))
 
 
+@pytest.fixture(autouse=True)
+def dock_settings(tmp_path_factory, monkeypatch) -> Path:
+    """The docks remember their settings in this test's own ini file (not the user's, and
+    not another test's): napari_inkdetect._widgets._settings reads the variable."""
+    path = tmp_path_factory.mktemp("settings") / "napari-inkdetect.ini"
+    monkeypatch.setenv("NAPARI_INKDETECT_SETTINGS", str(path))
+    return path
+
+
 def random_volume(shape=(6, 96, 128), dtype=np.uint16, seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(1, np.iinfo(dtype).max, shape, dtype=dtype)

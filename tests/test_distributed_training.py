@@ -28,6 +28,7 @@ from napari_inkdetect.cli import build_parser, main
 from napari_inkdetect.models import InkDetector, read_checkpoint_metadata
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import AugmentConfig, TrainConfig, run_training
+from napari_inkdetect.training import trainer as trainer_module
 from napari_inkdetect.training.distributed import command_line
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -116,6 +117,11 @@ def test_two_processes_equal_one_accumulating(ddp_runs, folder, tmp_path, monkey
         return forward(self, x)
 
     monkeypatch.setattr(InkDetector, "forward", two_tiles_at_most)
+    # Each rank's 2 tiles are its whole share, so its BatchNorm trains on them; the simulated
+    # halving would freeze it, so the reference keeps BatchNorm training like the ranks do.
+    monkeypatch.setattr(
+        trainer_module, "batchnorm_should_freeze", lambda micro, frozen, **_: bool(frozen)
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank (OMP_NUM_THREADS=1): the same summation order
     try:

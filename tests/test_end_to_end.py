@@ -8,9 +8,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 
 from napari_inkdetect.inference import PredictConfig, open_prediction, run_prediction
+from napari_inkdetect.io.labels import apply_dense_boxes
 from napari_inkdetect.io.segment import open_segment
 from napari_inkdetect.metrics import score
 from napari_inkdetect.synthetic import make_segment, write_segment
@@ -34,6 +36,20 @@ def threshold_baseline(segment, start: int, labels: np.ndarray) -> float:
     return best
 
 
+def dense_box_labels(seg, n_letters: int) -> np.ndarray:
+    """What a user paints in the labels dock: the strokes of ``n_letters`` letters, scribbled
+    not-ink, and a dense box around each letter ("Fill boxes": the rest of it is not-ink)."""
+    labels = seg.train_labels(n_letters)
+    boxes = []
+    for i in range(1, n_letters + 1):
+        ys, xs = np.nonzero(seg.letters == i)
+        grow = max(4, int(ys.max() - ys.min()) // 4)
+        boxes.append((max(0, ys.min() - grow), ys.max() + 1 + grow, max(0, xs.min() - grow),
+                      xs.max() + 1 + grow))  # fmt: skip
+    near_other = ndimage.binary_dilation(seg.letters > n_letters, iterations=3)
+    return apply_dense_boxes(labels, boxes, mask=seg.mask & ~near_other)
+
+
 @pytest.mark.slow
 def test_train_then_predict_finds_held_out_letters_at_the_ink_depth(tmp_path):
     seg = make_segment(shape=(64, 256, 384))  # real segments have ~65 layers
@@ -41,13 +57,15 @@ def test_train_then_predict_finds_held_out_letters_at_the_ink_depth(tmp_path):
     z0, z1 = seg.ink_layers
     start = max(0, z0 - 8)  # a window that holds the whole ink band
     assert start + LAYERS >= z1
+    painted = folder / "painted.png"
+    Image.fromarray(dense_box_labels(seg, 3)).save(painted)
     config = TrainConfig(
-        segment=str(folder), labels=str(folder / "syn_train_labels.png"),
+        segment=str(folder), labels=str(painted),
         out=str(tmp_path / "run"),
         val_labels=str(folder / "syn_validation_labels.png"), arch="resnet10", width=0.125,
         start_layer=start, layers=LAYERS, tile=128, batch_size=4, steps=STEPS, lr=1e-3,
         val_every=STEPS // 2, augment=replace(AugmentConfig.none(), flips=True, rot90=True),
-        loss=LossConfig(label_smoothing=0.1), device="cpu", seed=0,
+        loss=LossConfig(), device="cpu", seed=0,
     )  # fmt: skip
     validations = [e for e in train(config) if isinstance(e, Validated)]
     assert [v.step for v in validations] == [STEPS // 2, STEPS]
@@ -67,7 +85,7 @@ def test_train_then_predict_finds_held_out_letters_at_the_ink_depth(tmp_path):
     model = score(planes[starts.index(start)], val).best_f05
     baseline = threshold_baseline(open_segment(folder), start, val)
     print(f"held-out letters: model F0.5 {model:.3f}, thresholding {baseline:.3f}")
-    assert model >= baseline + 0.15
+    assert model >= 0.55 and model >= baseline + 0.3  # measured 0.656 against 0.233
 
     # no false ink along the papyrus mask's border: the band is no brighter than the interior
     plane = planes[starts.index(start)].astype(np.float32) / 255
@@ -77,7 +95,7 @@ def test_train_then_predict_finds_held_out_letters_at_the_ink_depth(tmp_path):
     print(f"papyrus far from ink: border band {plane[band].mean():.3f}, "
           f"interior {plane[interior].mean():.3f}")  # fmt: skip
     assert plane[band].mean() <= plane[interior].mean() + 0.05
-    assert plane[interior].mean() <= 0.35  # measured 0.24 (smoothing 0.3, sparse labels)
+    assert plane[interior].mean() <= 0.15  # calibrated: measured 0.09 (0.24 raw, sparse)
 
     # ink contrast (mean probability on ink minus on papyrus) per start layer
     contrast = [p[val == 1].mean() / 255 - p[val == 2].mean() / 255 for p in planes]

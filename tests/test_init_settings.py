@@ -118,15 +118,20 @@ def test_kaggle_fold_is_upscaled_to_scroll_data(kaggle_fold):
 
 def test_kinetics_encoder_gets_defaults_and_its_preset(kinetics):
     assert read_init_facts(kinetics).kind == KIND_PRETRAINED_ENCODER
-    cfg, notes = resolve_init_settings(_config(kinetics), SCROLL_UM)
-    assert (cfg.layers, cfg.tile, cfg.scale, cfg.depth_direction) == (22, 256, 1.0, "forward")
+    cfg, notes = resolve_init_settings(_config(kinetics), SCROLL_UM, device_type="cpu")
+    assert (cfg.layers, cfg.tile, cfg.scale, cfg.depth_direction) == (22, 128, 1.0, "forward")
     assert (cfg.lr, cfg.freeze_batchnorm) == (1e-4, False)
     assert any("(the defaults)" in n for n in notes)
+    # it records no tile: the device preset's (128 on the CPU, 256 on a GPU)
+    assert resolve_init_settings(_config(kinetics), SCROLL_UM, device_type="cuda")[0].tile == 256
 
 
 def test_explicit_settings_win_and_contradictions_are_noted(ours):
     given = dict(layers=12, tile=128, scale=1.0, depth_direction="forward", lr=1e-3)
-    cfg, notes = resolve_init_settings(_config(ours, freeze_batchnorm=False, **given), 7.91)
+    sizes = dict(steps=10, batch_size=2)  # given too: no device preset applies
+    cfg, notes = resolve_init_settings(
+        _config(ours, freeze_batchnorm=False, **given, **sizes), 7.91
+    )
     assert (cfg.layers, cfg.tile, cfg.scale, cfg.depth_direction) == (12, 128, 1.0, "forward")
     assert (cfg.lr, cfg.freeze_batchnorm) == (1e-3, False)
     text = "\n".join(notes)
@@ -152,11 +157,12 @@ def test_lr_preset_depends_on_where_training_starts(ours):
     finetune, _ = resolve_init_settings(_config(ours), SCROLL_UM, device_type="cpu")
     assert (scratch_cpu.lr, scratch_gpu.lr, finetune.lr) == (1e-3, 3e-4, 3e-5)
     assert not scratch_cpu.freeze_batchnorm and finetune.freeze_batchnorm
-    assert (scratch_cpu.layers, scratch_cpu.tile, scratch_cpu.scale) == (22, 256, 1.0)
-    assert notes == [
+    assert (scratch_cpu.layers, scratch_cpu.tile, scratch_cpu.scale) == (22, 128, 1.0)
+    assert (scratch_gpu.layers, scratch_gpu.tile, scratch_gpu.scale) == (22, 256, 1.0)
+    assert notes[-1] == (
         "lr 0.001 and BatchNorm trains: the preset for training from scratch on the CPU "
         "(override with --lr, --freeze-batchnorm/--train-batchnorm)"
-    ]
+    )
     for kind in (None, KIND_PRETRAINED_ENCODER, KIND_INK_MODEL, KIND_NAPARI_INKDETECT):
         assert default_optimisation(kind).train == "all"
     assert default_optimisation(KIND_PRETRAINED_ENCODER).lr == 1e-4
@@ -250,7 +256,7 @@ def test_train_help_states_the_defaults(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("window length in layers (default: from --init checkpoint, else 22)",
-                 "(default: from --init checkpoint, else 256)",
+                 "(default: from --init checkpoint, else preset: cpu 128 / gpu 256",
                  "(default: from --init checkpoint, else forward)",
                  "(default: from --init checkpoint and the voxel sizes",
                  "3e-5 from a trained ink model"):  # fmt: skip

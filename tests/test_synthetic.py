@@ -202,3 +202,25 @@ def test_write_segment_three_digit_layers(tmp_path) -> None:
     folder = write_segment(make_segment((101, 64, 96), seed=0), tmp_path)
     assert (folder / "layers/000.tif").exists() and (folder / "layers/100.tif").exists()
     assert not (folder / "layers/00.tif").exists()
+
+
+def test_ragged_mask_has_holes_and_a_torn_border_and_texture_strength_scales_fibres():
+    from scipy import ndimage
+
+    plain = make_segment(shape=(8, 256, 384), seed=3)
+    ragged = make_segment(shape=(8, 256, 384), seed=3, ragged_mask=True)
+    _, holes_plain = ndimage.label(~ndimage.binary_fill_holes(plain.mask) ^ ~plain.mask)
+    _, holes = ndimage.label(ndimage.binary_fill_holes(ragged.mask) & ~ragged.mask)
+    assert holes_plain == 0 and holes >= 2
+    perimeter = [int((m ^ ndimage.binary_erosion(m)).sum()) for m in (plain.mask, ragged.mask)]
+    assert perimeter[1] > 1.5 * perimeter[0]
+    assert not (ragged.truth[~ragged.mask]).any()  # no labels in the holes
+    # fibres: the window's mean with the slow shading removed (per-voxel noise averages out)
+    spread = []
+    for strength in (1.0, 2.0):
+        seg = make_segment(shape=(40, 128, 192), seed=3, texture_strength=strength)
+        image = seg.volume[12:24].astype(np.float64).mean(0)
+        detail = image - ndimage.uniform_filter(image, 15)
+        paper = ndimage.binary_erosion(seg.mask & (seg.truth == 2), iterations=8)
+        spread.append(float(detail[paper].std()))
+    assert spread[1] > 1.4 * spread[0]

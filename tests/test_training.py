@@ -15,9 +15,10 @@ import torch
 from safetensors.torch import load_file
 from scipy import ndimage
 
+from napari_inkdetect.calibration import Calibration
 from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
 from napari_inkdetect.io.segment import open_segment
-from napari_inkdetect.models import read_checkpoint_metadata
+from napari_inkdetect.models import InkDetector, read_checkpoint_metadata
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import (
     AugmentConfig,
@@ -36,6 +37,7 @@ from napari_inkdetect.training import (
     sparse_loss,
     train,
 )
+from napari_inkdetect.training import trainer as trainer_module
 from napari_inkdetect.training.augment import depth_crop_paste, flip_rot90, step_generator
 from napari_inkdetect.training.sampling import TileSampler
 from napari_inkdetect.windows import WindowSpec, read_raw, to_model_input
@@ -359,3 +361,34 @@ def test_bad_inputs(synthetic, tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
+
+
+def test_best_checkpoint_predicts_the_calibrated_map_validation_scored(
+    synthetic, tmp_path, monkeypatch
+):
+    """best.safetensors carries the validation's Platt fit in its weights, so it predicts the
+    calibrated map the logged scores came from; last stays raw (training goes on from it)."""
+    _, folder = synthetic
+    # A 12-step model is still at chance (the fit is then the identity, tested in
+    # test_calibration); pin a fit so the fold through the trainer is what is tested.
+    monkeypatch.setattr(trainer_module, "fit_platt", lambda *_: Calibration(2.5, -1.25))
+    config = small_config(folder, tmp_path / "run", steps=12, val_every=12)
+    validated = [e for e in train(config) if isinstance(e, Validated)][-1]
+    run = tmp_path / "run"
+    best_meta = read_checkpoint_metadata(run / "best.safetensors")["provenance"]["metrics"]
+    last_meta = read_checkpoint_metadata(run / "last.safetensors")["provenance"]["metrics"]
+    cal = best_meta["calibration"]
+    assert best_meta["calibrated"] is True and cal["slope"] > 0
+    assert (cal["slope"], cal["offset"]) == (2.5, -1.25)
+    assert last_meta["calibrated"] is False and last_meta["calibration"] is None
+    assert last_meta["best_threshold"] == best_meta["raw_best_threshold"]
+    assert best_meta["best_threshold"] == validated.best_threshold
+    best = InkDetector.from_checkpoint(run / "best.safetensors").eval()
+    last = InkDetector.from_checkpoint(run / "last.safetensors").eval()
+    spec = WindowSpec(layers=8, tile=64)
+    x = to_model_input(read_raw(open_segment(folder), 12, 64, 64, spec)[None], spec)[:, None]
+    with torch.no_grad():
+        p_best = torch.softmax(best(x), 1)[:, 1].double().numpy()
+        p_last = torch.softmax(last(x), 1)[:, 1].double().numpy()
+    expected = Calibration(cal["slope"], cal["offset"]).apply(p_last)
+    np.testing.assert_allclose(p_best, expected, atol=1e-4)  # one step apart: same weights

@@ -13,6 +13,7 @@ from typing import Any
 from napari_inkdetect.io.labels import INK, NOT_INK
 from napari_inkdetect.io.pyramid import build_pyramid
 from napari_inkdetect.io.segment import Segment, read_segment_labels
+from napari_inkdetect.windows import window_centre
 
 PYRAMID_ABOVE = 4096  # px; wider volumes get lazy multiscale levels
 PYRAMID_COARSEST = 1024  # px; the coarsest level's larger side is at most this
@@ -21,6 +22,7 @@ MASK_COLORS = {0: "transparent", 1: "#ffffff", None: "#ffffff"}
 
 LayerData = tuple[Any, dict[str, Any], str]
 
+SEGMENT_KEY = "inkdetect_segment"  # layer metadata: the segment on disk it belongs to
 PREDICTION_KEY = "inkdetect_prediction"  # layer metadata: the prediction's zarr path
 #: transparent below p ~ 0.4, then orange to bright yellow: papyrus stays visible, ink stands out
 INK_COLORMAP = {
@@ -29,13 +31,25 @@ INK_COLORMAP = {
     "controls": [0.0, 0.45, 0.7, 1.0],
 }
 DERIVED_KEY = "inkdetect_derived"  # layer metadata: computed from a prediction, not painted
-DEPTH_CONVENTION = "depth slider = first layer of the model's window"
+DEPTH_CONVENTION = "depth slider = centre layer of the model's window"
+
+#: Layer metadata: what a layer the plugin made is for, so the docks choose by role, not by
+#: name or arrival order (a mask that arrives first must never become the training labels).
+ROLE_KEY = "inkdetect_role"
+VOLUME, MASK, TRAIN, VALIDATION, TRUTH = "volume", "mask", "train", "validation", "truth"
+PREDICTION, PREVIEW, UNCERTAINTY = "prediction", "preview", "uncertainty"
+DENSE_BOXES = "dense_boxes"  # a Shapes layer of dense boxes (see the labels dock)
+ROLES = (VOLUME, MASK, TRAIN, VALIDATION, TRUTH, PREDICTION, PREVIEW, UNCERTAINTY, DENSE_BOXES)
+#: Labels roles that are answer keys or papyrus, never labels to train on
+NOT_TRAINABLE = (MASK, TRUTH, PREDICTION, PREVIEW, UNCERTAINTY)
+#: Name parts that mark a user's own (role-less) layer as a mask or an answer key
+NOT_TRAINABLE_NAMES = ("mask", "truth")
 
 
 def segment_layers(segment: Segment) -> list[LayerData]:
     """The volume (lazy, multiscale when large), then mask and labels found beside it."""
     meta = {
-        "inkdetect_segment": str(segment.path),
+        SEGMENT_KEY: str(segment.path),
         "segment_id": segment.segment_id,
         "layout": segment.layout,
         "voxel_size_um": segment.voxel_size_um,
@@ -53,7 +67,7 @@ def segment_layers(segment: Segment) -> list[LayerData]:
                 "contrast_limits": segment.contrast_limits(),
                 "colormap": "gray",
                 "axis_labels": ("layer", "y", "x"),
-                "metadata": meta,
+                "metadata": {**meta, ROLE_KEY: VOLUME},
             },
             "image",
         )
@@ -68,16 +82,17 @@ def segment_layers(segment: Segment) -> list[LayerData]:
                     "opacity": 0.15,
                     "visible": False,
                     "colormap": MASK_COLORS,
-                    "metadata": {**meta, "source": str(segment.mask_path)},
+                    "metadata": {**meta, "source": str(segment.mask_path), ROLE_KEY: MASK},
                 },
                 "labels",
             )
         )
-    for name, path in _label_files(segment):
+    for name, path, role in _label_files(segment):
+        source = {**meta, "source": str(path), ROLE_KEY: role}
         layers.append(
             (
                 read_segment_labels(segment, path),
-                labels_kwargs(f"{segment.segment_id} {name}", {**meta, "source": str(path)}),
+                labels_kwargs(f"{segment.segment_id} {name}", source),
                 "labels",
             )
         )
@@ -87,6 +102,47 @@ def segment_layers(segment: Segment) -> list[LayerData]:
 def is_derived(layer: Any) -> bool:
     """A layer we computed (e.g. the threshold outline): never offered as labels to train on."""
     return bool(getattr(layer, "metadata", {}).get(DERIVED_KEY))
+
+
+def layer_role(layer: Any) -> str | None:
+    """The role the plugin recorded for ``layer`` (one of :data:`ROLES`); None for a layer the
+    user made or another plugin opened."""
+    role = (getattr(layer, "metadata", None) or {}).get(ROLE_KEY)
+    return role if role in ROLES else None
+
+
+def is_trainable(layer: Any) -> bool:
+    """Whether a Labels layer may be offered as training or validation labels: not derived,
+    not a mask, truth or prediction by role, and (without a role) not named like one."""
+    if is_derived(layer):
+        return False
+    role = layer_role(layer)
+    if role is not None:
+        return role not in NOT_TRAINABLE
+    name = str(getattr(layer, "name", "")).lower()
+    return not any(part in name for part in NOT_TRAINABLE_NAMES)
+
+
+def names_with_role(layers: Any, role: str, segment: str | None = None) -> list[str]:
+    """Names of the layers with ``role``, those of ``segment`` (a path) first, else in the
+    layer list's order."""
+    found = [ly for ly in layers if layer_role(ly) == role]
+    found.sort(key=lambda ly: segment is None or ly.metadata.get(SEGMENT_KEY) != segment)
+    return [ly.name for ly in found]
+
+
+def labels_role_from_name(name: str) -> str:
+    """The role of a labels file or layer by its name: mask, truth, validation, else train
+    (what a user paints and saves is for training unless its name says otherwise)."""
+    name = name.lower().replace("-", "_").replace(" ", "_")
+    if "mask" in name:
+        return MASK
+    if "truth" in name:
+        return TRUTH
+    parts = name.split(".")[0].split("_")
+    if "validation" in name or "val" in parts:
+        return VALIDATION
+    return TRAIN
 
 
 def labels_kwargs(name: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -100,9 +156,18 @@ def labels_kwargs(name: str, metadata: dict[str, Any] | None = None) -> dict[str
     }
 
 
-def _label_files(segment: Segment) -> list[tuple[str, Any]]:
-    files = [("inklabels", segment.inklabels_path)] if segment.inklabels_path else []
-    return files + [(n.replace("_", " "), p) for n, p in sorted(segment.other_labels.items())]
+def _label_files(segment: Segment) -> list[tuple[str, Any, str]]:
+    """``(name, path, role)`` of the labels beside a segment. ``inklabels`` are the labels to
+    train on (a Kaggle fragment's, a villa pair the user saved) unless training labels of
+    their own lie beside them: then they are the dense answer key (truth)."""
+    others = [
+        (n.replace("_", " "), p, labels_role_from_name(n))
+        for n, p in sorted(segment.other_labels.items())
+    ]
+    if segment.inklabels_path is None:
+        return others
+    ink_role = TRUTH if any(role == TRAIN for _, _, role in others) else TRAIN
+    return [("inklabels", segment.inklabels_path, ink_role), *others]
 
 
 def prediction_placement(
@@ -110,18 +175,22 @@ def prediction_placement(
     region: list[int] | tuple[int, ...],
     volume_scale: tuple[float, ...] = (1.0, 1.0, 1.0),
     volume_translate: tuple[float, ...] = (0.0, 0.0, 0.0),
+    *,
+    window_length: int,
 ) -> dict[str, tuple[float, ...]]:
     """``scale``/``translate`` that put plane ``i`` of a ``(n_start, H, W)`` prediction on the
-    volume's depth axis at ``start_layers[i]`` (the window's first layer) and its pixel (0, 0)
-    on volume pixel ``region[:2]``; start layers must be evenly spaced."""
+    volume's depth axis at its window's centre ``start_layers[i] + window_length // 2`` (where
+    the depth slider shows it, :func:`~napari_inkdetect.windows.window_centre`) and its pixel
+    (0, 0) on volume pixel ``region[:2]``; start layers must be evenly spaced."""
     step = start_layers[1] - start_layers[0] if len(start_layers) > 1 else 1
     if any(b - a != step for a, b in itertools.pairwise(start_layers)) or step < 1:
         raise ValueError(f"start layers {list(start_layers)} are not evenly spaced")
     sz, sy, sx = (float(v) for v in volume_scale[-3:])
     tz, ty, tx = (float(v) for v in volume_translate[-3:])
+    first = window_centre(start_layers[0], window_length)
     return {
         "scale": (sz * step, sy, sx),
-        "translate": (tz + sz * start_layers[0], ty + sy * region[0], tx + sx * region[1]),
+        "translate": (tz + sz * first, ty + sy * region[0], tx + sx * region[1]),
     }
 
 
@@ -130,9 +199,11 @@ def prediction_layers(
     volume_scale: tuple[float, ...] = (1.0, 1.0, 1.0),
     volume_translate: tuple[float, ...] = (0.0, 0.0, 0.0),
     max_projection: bool = True,
+    role: str = PREDICTION,
 ) -> list[LayerData]:
     """A prediction zarr as overlay layers, read from disk (so a refresh shows new chunks):
-    the per-start-layer probabilities on the depth axis, and their max over start layers."""
+    the per-start-layer probabilities on the depth axis, and their max over start layers.
+    ``role``: :data:`PREDICTION`, or :data:`PREVIEW` for the live preview while training."""
     import dask.array as da
 
     from napari_inkdetect.inference import open_overviews, open_prediction, prediction_threshold
@@ -140,18 +211,23 @@ def prediction_layers(
     prob, prov = open_prediction(path)
     levels = open_overviews(path)  # large outputs: overview levels written by the engine
     starts, layers = list(prov["start_layers"]), int(prov["window_length"])
-    place = prediction_placement(starts, prov["region"], volume_scale, volume_translate)
+    centres = [window_centre(s, layers) for s in starts]  # also for zarrs that predate them
+    place = prediction_placement(
+        starts, prov["region"], volume_scale, volume_translate, window_length=layers
+    )
     limits = (0.0, 255.0) if prob.dtype == "uint8" else (0.0, 1.0)
     name = f"{prov['segment_id']} ink {Path(path).name.split('.')[0]}"
     meta = {
         PREDICTION_KEY: str(path),
         "convention": f"{DEPTH_CONVENTION}: plane i = layers [s, s + {layers}) with s = start "
-        "layer i",
+        f"layer i, shown at layer s + {layers // 2}",
         "start_layers": starts,
+        "centre_layers": centres,
         "window_length": layers,
         "region": list(prov["region"]),
         "checkpoint": prov.get("checkpoint"),
         "threshold": prediction_threshold(prov),  # calibrated on the checkpoint's validation
+        ROLE_KEY: role,
     }
     look = {"colormap": INK_COLORMAP, "blending": "translucent", "contrast_limits": limits}
     multiscale = len(levels) > 1
@@ -159,7 +235,7 @@ def prediction_layers(
         (
             levels if multiscale else prob,
             {
-                "name": f"{name} (z = window start, {layers} layers)",
+                "name": f"{name} (z = window centre, {layers} layers)",
                 "multiscale": multiscale,
                 "axis_labels": ("layer", "y", "x"),
                 "metadata": meta,

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from napari_inkdetect._napari_layers import LayerData, prediction_layers, segment_layers
+from napari_inkdetect._napari_layers import (
+    PREDICTION,
+    LayerData,
+    prediction_layers,
+    segment_layers,
+)
 from napari_inkdetect.io.segment import detect_layout, open_segment
 from napari_inkdetect.io.sources import inspect_tiff
 
@@ -27,7 +32,8 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
 
 
 def read_segment(path: str | list[str]) -> list[LayerData]:
-    """Open lazily and describe layers; errors are our one-line InkDetectErrors."""
+    """Open lazily and describe layers (each with its role: volume, mask, train, ...);
+    errors are our one-line InkDetectErrors."""
     if isinstance(path, list):
         path = path[0]
     return segment_layers(open_segment(path))
@@ -47,10 +53,11 @@ def is_prediction(path: Path) -> bool:
 
 
 def read_prediction(path: str | list[str]) -> list[LayerData]:
-    """A prediction restored as overlay layers, placed on its segment's depth axis."""
+    """A prediction restored as overlay layers (role ``prediction``: Export offers it),
+    placed on its segment's depth axis."""
     if isinstance(path, list):
         path = path[0]
-    return prediction_layers(path)
+    return prediction_layers(path, role=PREDICTION)
 
 
 def _has_several_pages(path: Path) -> bool:

@@ -7,6 +7,7 @@ a traceback reaching the user is a bug.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,7 +62,17 @@ def _add_predict(sub) -> None:
     p.add_argument("segment", type=Path)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output zarr (resumed if it exists)")
-    p.add_argument("--start-layers", help="A:B[:STEP], A,B,C or Z (default: the checkpoint's)")
+    windows = p.add_mutually_exclusive_group()
+    windows.add_argument(
+        "--start-layers",
+        help="first layers of the windows: A:B[:STEP], A,B,C or Z (default: the checkpoint's)",
+    )
+    windows.add_argument(
+        "--centre-layers",
+        metavar="CENTRES",
+        help="centre layers of the windows instead (the window centred on C starts at "
+        "C - layers // 2; where the depth slider shows it): A:B[:STEP], A,B,C or C",
+    )
     p.add_argument("--region", help="Y0,X0,Y1,X1 in volume pixels (default: mask bounding box)")
     p.add_argument("--stride", type=int, help="in model pixels (default: tile / 2)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -108,11 +119,25 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+class _PresetHelp(argparse.HelpFormatter):
+    """Fills ``{preset:FIELD}`` in help texts from the device presets table, only when help
+    is shown: building the parser stays free of torch (which the table's package imports)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action) or ""
+        if "{preset:" not in text:
+            return text
+        from napari_inkdetect.training.presets import preset_help
+
+        return re.sub(r"\{preset:(\w+)\}", lambda m: preset_help(m.group(1)), text)
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="finetune an ink model on painted labels",
         description="Finetune an ink detector on sparse labels (1 ink, 2 not ink).",
+        formatter_class=_PresetHelp,
     )
     p.set_defaults(run=_train, train_parser=p)
     p.add_argument("segment", type=Path)
@@ -121,12 +146,29 @@ def _add_train(sub) -> None:
     p.add_argument("--val-labels", type=Path, help="held-out labels (default: automatic split)")
     model = p.add_mutually_exclusive_group()
     model.add_argument(
-        "--init", type=Path, help="initial checkpoint (any kind load_checkpoint reads)"
+        "--init",
+        type=Path,
+        help="initial checkpoint (any kind load_checkpoint reads; default: a new model)",
     )
-    model.add_argument("--arch", default="resnet10", help="architecture (see `models`)")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier (e.g. 0.25 on CPU)")
-    p.add_argument("--start-layer", type=int, help="first layer of the window (default: centred)")
     init = "default: from --init checkpoint, else"
+    model.add_argument(
+        "--arch", help=f"architecture of a new model, see `models` ({init} {{preset:arch}})"
+    )
+    p.add_argument("--width", type=float, help=f"width multiplier ({init} {{preset:width}})")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--start-layer",
+        type=int,
+        help="first layer of the window (default: the window centred in the volume's depth)",
+    )
+    where.add_argument(
+        "--centre-layer",
+        type=int,
+        metavar="C",
+        help="centre layer of the window instead: it starts at C - layers // 2 (22 layers: "
+        "C - 11); the layer where the depth slider shows the crackle (default: the centre "
+        "of the volume's depth)",
+    )
     p.add_argument("--layers", type=int, help=f"window length in layers ({init} 22)")
     p.add_argument(
         "--scale",
@@ -141,21 +183,27 @@ def _add_train(sub) -> None:
     depth.add_argument(
         "--forward", action="store_true", help="keep the depth order even if --init was reversed"
     )
-    p.add_argument("--tile", type=int, help=f"tile size in model pixels ({init} 256)")
+    p.add_argument("--tile", type=int, help=f"tile size in model pixels ({init} {{preset:tile}})")
     p.add_argument(
         "--normalisation",
         choices=("uint16_shift8_clip", "percentile"),
         help=f"intensity normalisation ({init} uint16_shift8_clip: >>8, clip 50..200, /255)",
     )
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, help="optimiser steps (default: {preset:steps})")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="tiles per step, over all GPUs (default: {preset:batch_size})",
+    )
     p.add_argument(
         "--lr",
         type=float,
         help="learning rate (default: a preset by where training starts: 1e-3 from scratch on "
         "the CPU, 3e-4 on a GPU, 1e-4 from a Kinetics encoder, 3e-5 from a trained ink model)",
     )
-    p.add_argument("--train-parts", default="all", help="all | decoder | decoder+last | ...")
+    p.add_argument(
+        "--train-parts", default="all", help="all | decoder | decoder+last | ... (default: all)"
+    )
     bn = p.add_mutually_exclusive_group()
     bn.add_argument(
         "--freeze-batchnorm",
@@ -167,21 +215,34 @@ def _add_train(sub) -> None:
         action="store_true",
         help="BatchNorm trains (default: from scratch or from a Kinetics encoder)",
     )
-    p.add_argument("--val-every", type=int, default=100)
-    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda:N, mps")
-    p.add_argument("--autocast", default="auto", choices=("auto", "off", "bf16", "fp16"))
+    p.add_argument(
+        "--val-every", type=int, default=100, help="validate every N steps (default: 100)"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, MPS, CPU), cpu, cuda:N, mps (default: auto); it picks the size "
+        "preset: cpu for the CPU, gpu for CUDA or MPS, gpus with --gpus N on CUDA",
+    )
+    p.add_argument(
+        "--autocast",
+        default="auto",
+        choices=("auto", "off", "bf16", "fp16"),
+        help="mixed precision (default: auto)",
+    )
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     p.add_argument(
         "--gpus",
         type=int,
         metavar="N",
         help="train on N GPUs (DistributedDataParallel via torchrun; --batch-size is the "
-        "global batch); with --device cpu: N CPU processes (gloo), for testing",
+        "global batch); with --device cpu: N CPU processes (gloo), for testing (default: one "
+        "process)",
     )
     p.add_argument(
         "--sync-bn", action="store_true", help="with several GPUs: BatchNorm over all GPUs"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -265,6 +326,7 @@ def _train(args: argparse.Namespace) -> int:
         train,
     )
     from napari_inkdetect.training.distributed import Distributed, command_line, launch
+    from napari_inkdetect.training.preflight import preflight
 
     config = TrainConfig(
         segment=str(args.segment), labels=str(args.labels), out=str(args.out),
@@ -279,9 +341,17 @@ def _train(args: argparse.Namespace) -> int:
         activation_checkpointing=args.checkpointing, sync_batchnorm=args.sync_bn,
         seed=args.seed, resume=args.resume,
     )  # fmt: skip
+    try:  # a new user's mistakes (nothing painted, window past the last layer...) at once
+        if args.centre_layer is not None:
+            config = _centred_on(config, args.centre_layer)
+        preflight(config)
+    except InkDetectError:
+        if Distributed.from_env().is_main:  # under torchrun rank 0 alone reports
+            raise
+        return EXIT_INPUT_ERROR
     if args.gpus is not None:  # the same command, minus --gpus, in N processes
         argv = ["train", *command_line(args.train_parser, args, drop=("gpus",))]
-        return launch(args.gpus, argv, config)
+        return launch(args.gpus, argv, _launch_batch(config, args.gpus))
     if not Distributed.from_env().is_main:  # under torchrun rank 0 alone reports (errors too)
         try:
             for _ in train(config):
@@ -294,6 +364,8 @@ def _train(args: argparse.Namespace) -> int:
         if isinstance(event, TrainStarted):
             for note in event.notes:  # what was taken from --init or a preset: even if quiet
                 print(note)
+            if event.config.start_layer is not None:
+                print(_window_summary([event.config.start_layer], event.config.layers))
         elif isinstance(event, StepDone):
             if bar is None:
                 bar = tqdm(total=event.total, initial=event.step - 1, unit="step",
@@ -316,6 +388,60 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _centred_on(config, centre: int):
+    """``config`` with the start layer of the window centred on ``centre``, its length
+    resolved as the run resolves it (``--layers``, else the ``--init`` checkpoint's, else 22);
+    a centre whose window does not fit in the volume is refused in centres."""
+    from napari_inkdetect.errors import ConfigError
+    from napari_inkdetect.io.segment import open_segment
+    from napari_inkdetect.training.preflight import preflight
+    from napari_inkdetect.windows import centre_bounds, window_start
+
+    layers = config.layers or preflight(config, read_labels=False).layers
+    depth = int(open_segment(config.segment).shape[0])  # headers only
+    lo, hi = centre_bounds(depth, layers)
+    start = window_start(centre, layers)
+    if not lo <= centre <= hi:
+        raise ConfigError(
+            f"--centre-layer {centre}: the {layers}-layer window centred there is layers "
+            f"{start}..{start + layers - 1}, outside the volume's {depth} layers "
+            f"(0..{depth - 1}); use a centre in {lo}..{hi}, or fewer layers"
+        )
+    return config.with_(start_layer=start)
+
+
+def _window_summary(starts: Sequence[int], layers: int) -> str:
+    """``window 9-30, centre 20`` (``windows 9-30 .. 13-34, centres 20..24``): the layers
+    each window covers and the centre it is shown at (see :mod:`napari_inkdetect.windows`)."""
+    from napari_inkdetect.windows import window_centre
+
+    a, b = min(starts), max(starts)
+    if a == b:
+        return f"window {a}-{a + layers - 1}, centre {window_centre(a, layers)}"
+    centres = f"{window_centre(a, layers)}..{window_centre(b, layers)}"
+    return f"windows {a}-{a + layers - 1} .. {b}-{b + layers - 1}, centres {centres}"
+
+
+def _launch_batch(config, processes: int):
+    """``config`` with the batch each process will resolve (a resumed run's recorded one,
+    else the multi-GPU or CPU preset's), for the launcher to check that it splits."""
+    if config.batch_size is not None:
+        return config
+    import json
+
+    from napari_inkdetect.training.presets import pick_preset
+
+    batch = None
+    if config.resume:
+        try:
+            batch = json.loads((Path(config.out) / "config.json").read_text())["batch_size"]
+        except (OSError, ValueError, KeyError, TypeError):
+            batch = None  # the processes report what is wrong with the run folder
+    if not isinstance(batch, int):
+        batch = pick_preset(config.device, processes=max(1, processes))[0].batch_size
+    return config.with_(batch_size=batch)
+
+
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -331,7 +457,8 @@ def _predict(args: argparse.Namespace) -> int:
     config = PredictConfig(
         segment=str(args.segment), checkpoint=str(args.checkpoint), out=str(args.out),
         region=_ints(args.region, 4, "--region") if args.region else None,
-        start_layers=args.start_layers, stride=args.stride, batch_size=args.batch_size,
+        start_layers=args.start_layers, centre_layers=args.centre_layers, stride=args.stride,
+        batch_size=args.batch_size,
         device=args.device, autocast=args.autocast, tta_flips=args.tta, tta_rot90=args.tta,
         depth_direction="reverse" if args.reverse else "auto", overwrite=args.overwrite,
     )  # fmt: skip
@@ -352,6 +479,7 @@ def _predict(args: argparse.Namespace) -> int:
             _say(bar, args.quiet, f"{event.path}: {event.shape} on {event.device}, "
                  f"start layers {_span(event.start_layers)}, "
                  f"{event.done_chunks}/{event.total_chunks} chunks already done")  # fmt: skip
+            _say(bar, False, _window_summary(event.start_layers, _window_length(event.path)))
         elif on_cluster and isinstance(event, ClusterReady):
             where = "local cluster" if event.local else "cluster"
             _say(bar, args.quiet, f"{where} {event.address}, dashboard: "
@@ -394,9 +522,10 @@ def _add_export(sub) -> None:
         "--underlay",
         default="middle",
         choices=("middle", "start", "none"),
-        help="volume layer under start layer s: its window's middle, s, or none",
+        help="volume layer under each window: its centre (middle; where napari's overlay "
+        "shows it), its first layer (start), or none",
     )
-    p.add_argument("--no-label", action="store_true", help="no 'start layer' caption")
+    p.add_argument("--no-label", action="store_true", help="no 'centre (layers)' caption")
     p.add_argument("--segment", type=Path, help="the segment, if it moved since predict")
     p.add_argument("--quiet", action="store_true")
 
@@ -423,6 +552,13 @@ def _export(args: argparse.Namespace) -> int:
         written = run_export(config, on_event=show)
     print(f"wrote {len(written)} files to {out}")
     return 0
+
+
+def _window_length(prediction: Path) -> int:
+    """The window length a prediction's provenance records."""
+    from napari_inkdetect.inference import open_prediction
+
+    return int(open_prediction(prediction)[1]["window_length"])
 
 
 def _span(starts: Sequence[int]) -> str:

@@ -9,9 +9,10 @@ Export dock drain it. The pieces work alone too: :func:`render_sweep` yields RGB
 Design
 ------
 - *Frames*: frame ``i`` shows the prediction of start layer ``s = start_layers[i]`` (the
-  window ``[s, s + source_layers)``) blended over one layer of the volume: by default the
-  window's middle layer ``s + source_layers // 2`` (what the model sees at the centre of its
-  window; ``underlay="start"`` shows layer ``s``). The volume is scaled to 0..1 with the
+  window ``[s, s + layers)``) blended over one layer of the volume: by default the window's
+  centre ``c = s + layers // 2``, the layer the napari overlay puts it on and the depth slider
+  shows it at (:func:`napari_inkdetect.windows.window_centre`); ``underlay="start"`` shows
+  layer ``s``. The volume is scaled to 0..1 with the
   segment's contrast limits (the same for every frame, so the sweep does not flicker), and
   the ink colour is mixed in with weight ``alpha x p``: papyrus stays visible, ink stands out.
 - *Memory*: a 13k x 17k region is reduced to at most ``max_side`` pixels a side by block means
@@ -38,6 +39,7 @@ import numpy as np
 from napari_inkdetect.errors import ConfigError, SegmentError
 from napari_inkdetect.io.atomic import atomic_path
 from napari_inkdetect.io.segment import Segment, open_segment
+from napari_inkdetect.windows import window_centre
 
 __all__ = [
     "INK_COLOR",
@@ -114,11 +116,13 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class FrameRendered:
-    """A sweep frame is rendered and handed to the GIF/MP4 writers."""
+    """A sweep frame is rendered and handed to the GIF/MP4 writers: the window at
+    ``start_layer``, drawn over (and named by) its centre layer ``centre_layer``."""
 
     start_layer: int
     done: int
     total: int
+    centre_layer: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ class _Sweep:
 
     prob: Any  # zarr (n_start, H, W)
     start_layers: tuple[int, ...]
+    layers: int  # window length: the window at s is centred on s + layers // 2
     span: int  # source layers per window
     box: tuple[int, int, int, int]  # in prediction pixels
     offset: tuple[int, int]  # volume pixel of prediction pixel (0, 0)
@@ -171,9 +176,10 @@ def render_sweep(
     alpha : opacity of certain ink (``p = 1``); the colour's weight is ``alpha x p``.
     color : the ink colour.
     max_side : frames are block means at most this many pixels a side (None: full size).
-    underlay : the volume layer under start layer ``s``: ``"middle"`` of its window,
-        ``"start"`` (``s`` itself) or ``"none"`` (black; no segment needed).
-    label : draw ``start layer s (window s-e)`` in the top-left corner.
+    underlay : the volume layer under start layer ``s``: ``"middle"``, its window's centre
+        ``s + layers // 2`` (where the overlay and the depth slider show it), ``"start"``
+        (``s`` itself) or ``"none"`` (black; no segment needed).
+    label : draw ``centre c (layers a-b)`` (the layers the window reads) in the top-left.
 
     Errors (missing prediction or segment, bad region) are raised here, before any frame.
     """
@@ -207,6 +213,7 @@ def _plan(prediction, segment, region, max_side, underlay) -> _Sweep:
     return _Sweep(
         prob=prob,
         start_layers=tuple(int(s) for s in prov["start_layers"]),
+        layers=int(prov["window_length"]),
         span=int(prov.get("source_layers") or prov["window_length"]),
         box=(y0 - py0, x0 - px0, y1 - py0, x1 - px0),
         offset=(py0, px0),
@@ -255,9 +262,9 @@ def _frames(sweep: _Sweep, threshold, alpha, color, underlay, label) -> Iterator
         rgb = gray[..., None] * (1 - weight) + color * weight
         frame = np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
         if label:
-            frame = _caption(
-                frame, f"start layer {start} (window {start}-{start + sweep.span - 1})"
-            )
+            centre = window_centre(start, sweep.layers)
+            first = centre - sweep.span // 2  # layers read: [s, s + layers) unless depth-scaled
+            frame = _caption(frame, f"centre {centre} (layers {first}-{first + sweep.span - 1})")
         yield frame
 
 
@@ -279,7 +286,7 @@ def _volume_layer(sweep: _Sweep, start: int, underlay: str, shape: tuple[int, in
     if sweep.segment is None:
         return np.zeros(shape, np.float32)
     nz = sweep.segment.shape[0]
-    z = min(start + (sweep.span // 2 if underlay == "middle" else 0), nz - 1)
+    z = min(window_centre(start, sweep.layers) if underlay == "middle" else start, nz - 1)
     by0, bx0, by1, bx1 = sweep.box
     vy, vx = sweep.offset[0] + by0, sweep.offset[1] + bx0
     h, w = by1 - by0, bx1 - bx0
@@ -492,9 +499,11 @@ def export(
             yield FileWritten(path, len(written), total)
     if frames is not None and not stop.is_set():
         starts = [int(s) for s in prov["start_layers"]]
+        centres = [window_centre(s, int(prov["window_length"])) for s in starts]
         written += yield from _sweep_files(
-            config, out_dir, frames, starts, stop, len(written), total
-        )
+            config, out_dir, frames, list(zip(starts, centres, strict=True)), stop,
+            len(written), total,
+        )  # fmt: skip
     return written
 
 
@@ -502,12 +511,13 @@ def _sweep_files(
     config: ExportConfig,
     out_dir: Path,
     frames: Iterator[np.ndarray],
-    starts: list[int],
+    windows: list[tuple[int, int]],
     stop: threading.Event,
     done: int,
     total: int,
 ) -> Generator[FrameRendered | FileWritten, None, list[Path]]:
-    """Render the sweep once, feeding the GIF and the MP4 together."""
+    """Render the sweep once, feeding the GIF and the MP4 together; ``windows`` are the
+    frames' ``(start layer, centre layer)``."""
     paths = [out_dir / f"{config.name}_sweep.{kind}" for kind in ("gif", "mp4")]
     paths = [p for p, on in zip(paths, (config.gif, config.mp4), strict=True) if on]
     try:
@@ -518,13 +528,13 @@ def _sweep_files(
                 )
                 for p in paths
             ]
-            for start, frame in zip(starts, frames, strict=True):
+            for (start, centre), frame in zip(windows, frames, strict=True):
                 if stop.is_set():
                     raise _Stopped
                 for add in sinks:
                     add(frame)
                 done += 1
-                yield FrameRendered(start, done, total)
+                yield FrameRendered(start, done, total, centre)
     except _Stopped:
         return []
     for path in paths:

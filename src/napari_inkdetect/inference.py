@@ -7,8 +7,10 @@
 Design
 ------
 - *Output*: a zarr group with ``prob`` (``(n_start, H, W)`` over the region, uint8 = p x 255 or
-  float16; index ``i`` is the window ``[start_layers[i], start_layers[i] + layers)``), ``done``
-  (one flag per output chunk, each its own uncompressed zarr chunk) and provenance attributes.
+  float16; index ``i`` is the window ``[start_layers[i], start_layers[i] + layers)``, centred on
+  layer ``centre_layers[i] = start_layers[i] + layers // 2``: see
+  :mod:`napari_inkdetect.windows`), ``done`` (one flag per output chunk, each its own
+  uncompressed zarr chunk) and provenance attributes.
 - *Chunks*: the region is cut into ``chunk`` x ``chunk`` volume pixels (a multiple of the
   stride). Each chunk blends every tile of the global grid that overlaps it (its halo) in a
   chunk-local accumulator, is written once, then flagged done. Blending inside a chunk sees
@@ -52,6 +54,8 @@ from napari_inkdetect.windows import (
     read_raw,
     to_model_input,
     to_volume_pixels,
+    window_centre,
+    window_start,
 )
 
 __all__ = [
@@ -86,18 +90,24 @@ _DIRECTIONS = ("auto", "forward", "reverse")
 
 
 def parse_start_layers(value: Any) -> tuple[int, ...] | None:
-    """``None``, an int, a list/range of ints, ``"a:b[:step]"`` or ``"a,b,c"`` -> a tuple."""
+    """``None``, an int, a list/range of ints, ``"a:b[:step]"`` or ``"a,b,c"`` -> a tuple
+    (``ConfigError`` for anything else: start layers and window centres alike)."""
     if value is None:
         return None
-    if isinstance(value, str):
-        text = value.strip()
-        if ":" in text:
-            parts = [int(p) for p in text.split(":")]
-            return tuple(range(*parts))
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    if isinstance(value, int | np.integer):
-        return (int(value),)
-    return tuple(int(v) for v in value)
+    try:
+        if isinstance(value, str):
+            text = value.strip()
+            if ":" in text:
+                parts = [int(p) for p in text.split(":")]
+                return tuple(range(*parts))
+            return tuple(int(p) for p in text.split(",") if p.strip())
+        if isinstance(value, int | np.integer):
+            return (int(value),)
+        return tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"layers {value!r}: expected A:B[:STEP], A,B,C or one layer (integers)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,8 @@ class PredictConfig:
     half of it); ``chunk`` is the output chunk side in volume pixels (default: about 8 tiles,
     rounded to the stride); ``layers``/``scale`` override what the checkpoint says;
     ``depth_direction`` ``"auto"`` follows the checkpoint's ``depth_reverse``.
+    ``start_layers`` or, instead, ``centre_layers`` choose the windows (the window centred on
+    ``c`` starts at ``c - layers // 2``); neither: the checkpoint's window, else the centred one.
     """
 
     segment: str
@@ -116,6 +128,7 @@ class PredictConfig:
     out: str
     region: tuple[int, int, int, int] | None = None
     start_layers: tuple[int, ...] | None = None
+    centre_layers: tuple[int, ...] | None = None
     tile: int | None = None
     stride: int | None = None
     layers: int | None = None
@@ -139,6 +152,9 @@ class PredictConfig:
         set_("checkpoint", str(self.checkpoint))
         set_("out", str(self.out))
         set_("start_layers", parse_start_layers(self.start_layers))
+        set_("centre_layers", parse_start_layers(self.centre_layers))
+        if self.start_layers is not None and self.centre_layers is not None:
+            raise ConfigError("give start layers or window centres, not both")
         if self.region is not None:
             if len(self.region) != 4:
                 raise ConfigError(f"region {self.region}: expected (y0, x0, y1, x1)")
@@ -153,6 +169,8 @@ class PredictConfig:
             raise ConfigError("batch_size and prefetch must be >= 1")
         if self.start_layers is not None and not self.start_layers:
             raise ConfigError("start_layers is empty")
+        if self.centre_layers is not None and not self.centre_layers:
+            raise ConfigError("centre_layers is empty")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (tuples as lists)."""
@@ -352,17 +370,30 @@ def _resolve_spec(config: PredictConfig, info: Any) -> WindowSpec:
 def _resolve_start_layers(
     config: PredictConfig, info: Any, spec: WindowSpec, depth: int
 ) -> tuple[int, ...]:
-    n = spec.source_layers
+    """The start layers to predict: given, from window centres, the checkpoint's, or the
+    window centred in the volume; each window must read layers inside the volume."""
+    n, off = spec.source_layers, spec.source_offset
     starts = config.start_layers
+    if config.centre_layers is not None:
+        starts = tuple(window_start(c, spec.layers) for c in config.centre_layers)
     if starts is None:
         default = getattr(info, "start_layer", None)
-        starts = (default if default is not None else (depth - n) // 2,)
-    bad = [s for s in starts if s < 0 or s + n > depth]
+        starts = (default if default is not None else (depth - n) // 2 - off,)
+    bad = [s for s in starts if s + off < 0 or s + off + n > depth]
     if bad:
+        lo, hi = -off, depth - n - off  # the start layers whose reads fit
+        need = f"need layers {min(starts) + off}..{max(starts) + off + n - 1}"
+        have = f"but the volume has {depth} layers (0..{depth - 1})"
+        c_lo, c_hi = window_centre(lo, spec.layers), window_centre(hi, spec.layers)
+        if config.centre_layers is not None:
+            given = config.centre_layers
+            raise ConfigError(
+                f"window centres {min(given)}..{max(given)} with {spec.layers}-layer windows "
+                f"{need}, {have}: window centres must lie in {c_lo}..{c_hi}"
+            )
         raise ConfigError(
-            f"start layers {min(starts)}..{max(starts)} with {n}-layer windows need layers "
-            f"{min(starts)}..{max(starts) + n - 1}, but the volume has {depth} layers "
-            f"(0..{depth - 1}): start layers must lie in 0..{depth - n}"
+            f"start layers {min(starts)}..{max(starts)} with {n}-layer windows {need}, {have}: "
+            f"start layers must lie in {lo}..{hi} (window centres {c_lo}..{c_hi})"
         )
     return tuple(starts)
 
@@ -474,8 +505,10 @@ def _provenance(job: PredictJob) -> dict[str, Any]:
     return _jsonable(
         {
             "fingerprint": job.fingerprint(),
-            "convention": "prob[i] is the window [start_layers[i], start_layers[i] + layers)",
+            "convention": "prob[i] is the window [start_layers[i], start_layers[i] + layers), "
+            "centred on (and shown at) layer centre_layers[i] = start_layers[i] + layers // 2",
             "start_layers": job.start_layers,
+            "centre_layers": [window_centre(s, spec.layers) for s in job.start_layers],
             "window_length": spec.layers,
             "source_layers": spec.source_layers,
             "scale": spec.scale,
@@ -594,14 +627,15 @@ class _Batch:
 
 
 def _tile_stack(job: PredictJob, ky: int, kx: int) -> tuple[np.ndarray | torch.Tensor, bool]:
-    """Layers ``min(start) .. max(start) + layers`` of one tile position, read once.
+    """Layers ``min(start) .. max(start) + layers`` of one tile position, read once (shifted
+    by the spec's ``source_offset`` with legacy depth scaling).
 
     Pointwise normalisation without depth resampling is applied to the whole stack (each
     window is then a slice of it); otherwise the raw stack is returned for per-window prep.
     """
     spec, starts = job.spec, job.start_layers
-    first = min(starts)
-    depth = max(starts) - first + spec.source_layers
+    first = min(starts) + spec.source_offset  # legacy depth scaling reads a centred part
+    depth = max(starts) - min(starts) + spec.source_layers
     y0, x0 = job.region[0] + ky * job.stride, job.region[1] + kx * job.stride
     raw = read_raw(job.segment, first, y0, x0, spec, n_layers=depth)
     shared = spec.normalisation.kind != "percentile" and not spec.depth_scale

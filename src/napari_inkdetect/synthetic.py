@@ -127,6 +127,8 @@ def make_segment(
     ink_offset: int = 2,
     ink_thickness: int = 6,
     crackle_strength: float = 1.0,
+    texture_strength: float = 1.0,
+    ragged_mask: bool = False,
 ) -> SyntheticSegment:
     """Generate a segment: uint16 volume, papyrus mask, dense truth and letter instances.
 
@@ -134,18 +136,24 @@ def make_segment(
     fifth of the smaller side, capped at 128 px so big segments hold many letters of a
     learnable size. The crackle lives at depths ``surface + [ink_offset, ink_offset +
     ink_thickness)``; ``crackle_strength=0`` gives a segment without any ink signal (a
-    control for tests and benchmarks).
+    control for tests and benchmarks). ``texture_strength`` scales the papyrus fibres (2: a
+    coarse papyrus whose texture competes with the crackle); ``ragged_mask`` gives the mask a
+    torn outline and holes, where real segments have most of their border.
     """
     depth, height, width = (int(s) for s in shape)
     if depth < 1 or height < 64 or width < 64:
         raise ValueError(f"shape {shape} too small: need Z >= 1 and Y, X >= 64")
     rng = np.random.default_rng(seed)
     mask = _papyrus_mask(rng, (height, width))
+    if ragged_mask:
+        mask = _tear(rng, mask)
     surface = _surface(rng, (height, width), depth)
     letter_h = letter_height or int(np.clip(min(height, width) / 5, 24, 128))
     letters = _draw_letters(rng, mask, letter_h, n_letters)
     crackle = crackle_strength * _crackle(rng, letters > 0)
-    volume = _render(rng, depth, mask, surface, crackle, ink_offset, ink_thickness)
+    volume = _render(
+        rng, depth, mask, surface, crackle, ink_offset, ink_thickness, texture_strength
+    )
     truth = np.where(mask, np.where(letters > 0, 1, 2), 0).astype(np.uint8)
     z0 = round(float(surface[mask].mean())) + ink_offset
     return SyntheticSegment(
@@ -263,6 +271,16 @@ def _papyrus_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarra
     outside = np.hypot(np.maximum(qy, 0), np.maximum(qx, 0)) + np.minimum(np.maximum(qy, qx), 0)
     wobble = 0.015 * side * _smooth_noise(rng, shape, side / 6)
     return (outside - radius + wobble) < 0
+
+
+def _tear(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """A torn outline (fine-grained wobble eating into the border) and a few holes."""
+    side = min(mask.shape)
+    rough = _smooth_noise(rng, mask.shape, side / 30)
+    inside = ~_dilate(~mask, max(2, side // 40))  # a border band that the tears may take
+    torn = mask & (inside | (rough < 0.3))
+    holes = _smooth_noise(rng, mask.shape, side / 12) > 2.0
+    return torn & ~holes
 
 
 def _surface(rng: np.random.Generator, shape: tuple[int, int], depth: int) -> np.ndarray:
@@ -406,6 +424,7 @@ def _render(
     crackle: np.ndarray,
     ink_offset: int,
     ink_thickness: int,
+    texture_strength: float = 1.0,
 ) -> np.ndarray:
     """Render the volume one float32 layer at a time (memory: a few 2-D temporaries)."""
     shape = mask.shape
@@ -425,7 +444,7 @@ def _render(
         texture = fy - fx
         texture *= verso[index]
         texture += fx
-        texture *= _FIBRE_AMP
+        texture *= np.float32(_FIBRE_AMP * texture_strength)
         env = envelope[ink_index0 + z * _LUT_STEPS]
         if env.any():
             texture[ink] *= 1 - _FIBRE_DAMPING * env

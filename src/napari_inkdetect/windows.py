@@ -6,19 +6,52 @@ A *window* is ``layers`` consecutive layers starting at ``start`` and a square o
 3.24 um fragment-trained models to 7.91 um scroll data) the square covers ``tile / s`` volume
 pixels, read once and resampled on the fly. Depth is not resampled unless ``depth_scale`` (the
 legacy pipeline that zoomed depth too, so a 22-layer input held only ``22 / s`` distinct layers).
+
+Depth convention, the same everywhere a person sees it (the depth slider, Finetune, Predict,
+the overlay, Export, the CLI): the window ``[start, start + layers)`` is shown at, and named
+by, its **centre** layer ``start + layers // 2`` (:func:`window_centre`; 22 layers: start + 11),
+where Kaggle-style windows have the ink. Configs, checkpoints and prediction zarrs keep
+``start_layer(s)``; :func:`window_start` converts back.
+
+Torch is imported only where tensors are made, so the geometry helpers stay light (the ink
+depth estimate and Export use them without torch).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from napari_inkdetect.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def window_centre(start: int, layers: int) -> int:
+    """The centre layer ``start + layers // 2`` of the window ``[start, start + layers)``:
+    where the depth slider stands to show it (the upper middle when ``layers`` is even)."""
+    return int(start) + int(layers) // 2
+
+
+def window_start(centre: int, layers: int, depth: int | None = None) -> int:
+    """The start layer of the ``layers``-layer window centred on ``centre`` (inverse of
+    :func:`window_centre`); with ``depth``, clamped so the window fits in ``0..depth - 1``
+    (as far as it can: 0 when it is longer than the volume)."""
+    start = int(centre) - int(layers) // 2
+    if depth is not None:
+        start = max(0, min(start, int(depth) - int(layers)))
+    return start
+
+
+def centre_bounds(depth: int, layers: int) -> tuple[int, int]:
+    """The first and last centre (inclusive) of a ``layers``-layer window inside ``depth``
+    layers; ``(c, c)`` with the one clamped window when the volume is too shallow."""
+    lo = window_centre(0, layers)
+    return lo, max(lo, window_centre(int(depth) - int(layers), layers))
 
 
 @dataclass(frozen=True)
@@ -102,6 +135,34 @@ class WindowSpec:
         """Volume layers a window reads (fewer than ``layers`` with legacy depth scaling)."""
         return math.ceil(self.layers / self.scale) if self.depth_scale else self.layers
 
+    @property
+    def source_offset(self) -> int:
+        """First layer read, relative to the window's start layer ``s``.
+
+        0 without depth scaling: the window reads ``[s, s + layers)``. With legacy
+        ``depth_scale`` it reads ``n = source_layers = ceil(layers / scale)`` layers centred on
+        the same centre ``c = s + layers // 2`` as the unscaled window: ``[c - n // 2,
+        c - n // 2 + n)``. 22 layers at scale 2: ``[s + 6, s + 17)``, centre ``s + 11``, like the
+        seed's ``zoom(block[s : s + 22], 2)[11:33]`` (about layers s + 5 .. s + 16); reading
+        ``[s, s + 11)`` instead would put the same start number 5-6 layers shallower.
+        """
+        return self.layers // 2 - self.source_layers // 2 if self.depth_scale else 0
+
+    def source_range(self, start: int) -> tuple[int, int]:
+        """``(first, last + 1)`` of the volume layers the window at ``start`` reads."""
+        first = int(start) + self.source_offset
+        return first, first + self.source_layers
+
+    def start_bounds(self, depth: int) -> tuple[int, int]:
+        """``(lo, hi)``: the start layers whose reads fit in ``depth`` layers, inclusive (empty,
+        ``lo > hi``, when the window is deeper than the volume)."""
+        lo = -self.source_offset
+        return lo, lo + int(depth) - self.source_layers
+
+    def centred_start(self, depth: int) -> int:
+        """The start layer whose reads sit in the middle of ``depth`` layers."""
+        return (int(depth) - self.source_layers) // 2 - self.source_offset
+
     @classmethod
     def from_checkpoint_info(cls, info: Any) -> WindowSpec:
         """The window a checkpoint was trained with (``CheckpointInfo`` or its dict)."""
@@ -118,9 +179,16 @@ class WindowSpec:
 def read_raw(
     segment: Any, start: int, y0: int, x0: int, spec: WindowSpec, n_layers: int | None = None
 ) -> np.ndarray:
-    """Raw volume block of one window (zero-padded past the volume's edges)."""
+    """Raw volume block of the window at start layer ``start`` (its
+    :meth:`~WindowSpec.source_range`), zero-padded past the volume's edges in Y and X.
+
+    With ``n_layers``: exactly the layers ``[start, start + n_layers)`` (a caller reading
+    several windows at once, which applies the offset itself)."""
     nz, ny, nx = segment.shape
-    depth = n_layers if n_layers is not None else spec.source_layers
+    if n_layers is None:
+        start, depth = int(start) + spec.source_offset, spec.source_layers
+    else:
+        depth = n_layers
     if start < 0 or start + depth > nz:
         raise ConfigError(f"layers {start}..{start + depth} outside the volume's 0..{nz}")
     e = spec.extent
@@ -138,6 +206,9 @@ def to_model_input(raw: np.ndarray, spec: WindowSpec) -> torch.Tensor:
 
     Accepts a leading batch axis. Depth is only resampled with legacy ``depth_scale``.
     """
+    import torch
+    import torch.nn.functional as F
+
     batched = raw.ndim == 4
     x = torch.from_numpy(spec.normalisation.apply(raw if batched else raw[None]))
     if x.shape[-1] != spec.tile or (spec.depth_scale and x.shape[1] != spec.layers):
@@ -148,6 +219,8 @@ def to_model_input(raw: np.ndarray, spec: WindowSpec) -> torch.Tensor:
 
 def to_volume_pixels(prob: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
     """Model-resolution maps ``(..., tile, tile)`` back to the volume's pixels ``(..., e, e)``."""
+    import torch.nn.functional as F
+
     if spec.extent == spec.tile:
         return prob
     shape = prob.shape

@@ -60,11 +60,13 @@ def test_build_config_reflects_widgets(dock, segment_viewer):
     assert dock.volume_combo.currentText() == "s"
     assert dock.labels_combo.currentText() == "s train labels"
     assert dock.val_combo.currentText() == "s validation labels"
-    segment_viewer.dims.set_current_step(0, 3)
+    segment_viewer.dims.set_current_step(0, 5)
     dock.lr_spin.setValue(1e-3)
     dock.train_combo.setCurrentText("decoder+last")
     config = dock.build_config()
-    assert config.start_layer == 3  # the depth slider's position
+    assert dock.centre_spin.value() == 5  # the depth slider's position is the window's centre
+    assert config.start_layer == 1  # the 8-layer window [1, 9), centred on layer 5
+    assert "[c - 4, c - 4 + 8) = 1-8" in dock.centre_spin.toolTip()
     assert (config.width, config.layers, config.tile, config.steps) == (0.125, 8, 64, 3)
     assert (config.batch_size, config.lr, config.train) == (2, 1e-3, "decoder+last")
     assert (config.device, config.val_every, config.init) == ("cpu", 2, None)
@@ -74,12 +76,27 @@ def test_build_config_reflects_widgets(dock, segment_viewer):
         (config.val_labels, "s validation labels"),
     ):
         np.testing.assert_array_equal(read_gray(path), segment_viewer.layers[name].data)
-    # a typed start layer stops following the slider; "from slider" follows it again
-    dock.start_spin.setValue(1)
+    # a typed centre stops following the slider; "from slider" follows it again
+    dock.centre_spin.setValue(7)
     segment_viewer.dims.set_current_step(0, 4)
-    assert dock.build_config().start_layer == 1
+    assert dock.build_config().start_layer == 3
     dock.slider_button.click()
-    assert dock.start_spin.value() == 4
+    assert dock.centre_spin.value() == 4 and dock.build_config().start_layer == 0
+    # the slider near an end: the window is clamped so that it fits in the 12 layers
+    segment_viewer.dims.set_current_step(0, 11)
+    assert dock.centre_spin.value() == 8 and dock.build_config().start_layer == 4
+    segment_viewer.dims.set_current_step(0, 1)
+    assert dock.centre_spin.value() == 4 and dock.build_config().start_layer == 0
+    # another window length keeps the centre (clamped where the window would not fit)
+    segment_viewer.dims.set_current_step(0, 6)
+    dock.layers_spin.setValue(4)
+    assert dock.centre_spin.value() == 6 and dock.build_config().start_layer == 4
+    dock.centre_spin.setValue(9)
+    dock.layers_spin.setValue(8)
+    assert dock.centre_spin.value() == 8 and dock.build_config().start_layer == 4
+    dock.layers_spin.setValue(6)
+    assert dock.centre_spin.value() == 8 and dock.build_config().start_layer == 5
+    dock.layers_spin.setValue(8)
     # validation: automatic split; model: a checkpoint file
     dock.val_combo.setCurrentText(NO_VALIDATION)
     dock.checkpoint_radio.setChecked(True)
@@ -141,17 +158,19 @@ def test_stop_ends_the_run_with_last_checkpoint(dock, qtbot):
 
 
 def test_bad_labels_show_the_engine_message(dock, segment_viewer, qtbot, notifications):
-    ink_only = np.zeros((96, 128), np.uint8)
-    ink_only[10:30, 10:30] = 1
-    segment_viewer.add_labels(ink_only, name="ink only")
-    dock.labels_combo.setCurrentText("ink only")
+    # painted, but not on this volume's plane: only the engine (in the child) finds out
+    wrong_shape = np.zeros((64, 96), np.uint8)
+    wrong_shape[10:30, 10:30] = 1
+    wrong_shape[40:50, 40:50] = 2
+    segment_viewer.add_labels(wrong_shape, name="other plane")
+    dock.labels_combo.setCurrentText("other plane")
     dock.val_combo.setCurrentText(NO_VALIDATION)
     worker = dock.start()
     with qtbot.waitSignal(worker.finished, timeout=RUN_TIMEOUT_MS):
         pass
-    errors = [n.message for n in notifications if "not-ink (2)" in n.message]
-    assert errors and "train_labels.png: no not-ink (2) pixels" in errors[0]
-    assert "not-ink (2)" in dock.status_label.text()
+    errors = [n.message for n in notifications if "does not match" in n.message]
+    assert errors and "train_labels.png: shape 64 x 96" in errors[0]
+    assert "does not match the volume's" in dock.status_label.text()
     assert dock.run_button.text() == "Finetune" and not dock.running
     assert dock.last_checkpoint is None
 

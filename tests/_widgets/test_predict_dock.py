@@ -80,11 +80,11 @@ def run(dock, qtbot, config=None):
 def test_overlay_sits_on_the_depth_axis_and_shows_what_is_on_disk(dock, viewer, qtbot):
     viewer.add_shapes([[[10, 20], [10, 150], [110, 150], [110, 20]]], shape_type="rectangle")
     dock.region_combo.setCurrentText("Shapes rectangle")
-    dock.start_from.setValue(2)
-    dock.start_to.setValue(6)
-    dock.start_step.setValue(2)
+    dock.centre_from.setValue(6)  # the 8-layer windows [2, 10), [4, 12), [6, 14)
+    dock.centre_to.setValue(10)
+    dock.centre_step.setValue(2)
     config = dock.build_config()
-    assert config.region == (10, 20, 110, 150) and config.start_layers == (2, 4, 6)
+    assert config.region == (10, 20, 110, 150) and config.centre_layers == (6, 8, 10)
 
     events = run(dock, qtbot, config.with_(chunk=64))  # several chunks stream in
     started = next(e for e in events if isinstance(e, PredictStarted))
@@ -93,11 +93,14 @@ def test_overlay_sits_on_the_depth_axis_and_shows_what_is_on_disk(dock, viewer, 
 
     overlay = dock.overlay()
     assert overlay.data.shape == (3, 100, 130)
-    assert tuple(overlay.translate) == (2, 10, 20) and tuple(overlay.scale) == (2, 1, 1)
-    assert "window start" in overlay.name and overlay.metadata["start_layers"] == [2, 4, 6]
-    # the depth slider at a start layer shows that start layer's plane
+    assert tuple(overlay.translate) == (6, 10, 20) and tuple(overlay.scale) == (2, 1, 1)
+    assert "window centre" in overlay.name and overlay.metadata["start_layers"] == [2, 4, 6]
+    assert overlay.metadata["centre_layers"] == [6, 8, 10]
+    # the depth slider at a window's centre shows that window's plane; at its start, not
     prob, _ = open_prediction(config.out)
     viewer.dims.set_current_step(0, 4)
+    assert dock.current_index() is None
+    viewer.dims.set_current_step(0, 8)
     qtbot.waitUntil(lambda: dock.current_index() == 1)
     np.testing.assert_array_equal(np.asarray(overlay._slice.image.raw), np.asarray(prob[1]))
     # the max projection and the depth profile agree with the data
@@ -108,13 +111,14 @@ def test_overlay_sits_on_the_depth_axis_and_shows_what_is_on_disk(dock, viewer, 
     np.testing.assert_allclose(
         dock.profile_plot.means, planes[:, inside].mean(axis=1) / 255, rtol=1e-6
     )
+    assert dock.profile_plot.starts == (6, 8, 10) and dock.profile_plot.current == 8
     assert dock.last_stall_ms is not None and dock.last_stall_ms >= 0
     assert "Longest GUI stall" in dock.status_label.text()
 
 
 def test_rerun_resumes_and_a_saved_prediction_is_restored(dock, viewer, qtbot):
-    dock.start_from.setValue(3)
-    dock.start_to.setValue(3)
+    dock.centre_from.setValue(7)  # the window [3, 11)
+    dock.centre_to.setValue(7)
     config = dock.build_config()
     run(dock, qtbot)
     again = run(dock, qtbot, config)
@@ -128,21 +132,22 @@ def test_rerun_resumes_and_a_saved_prediction_is_restored(dock, viewer, qtbot):
     y0, x0, y1, x1 = open_prediction(config.out)[1]["region"]  # the mask's bounding box
     assert (y1 - y0, x1 - x0) != (128, 192)
     assert [x.data.shape for x in restored] == [(1, y1 - y0, x1 - x0), (y1 - y0, x1 - x0)]
-    assert tuple(restored[0].translate) == (3, y0, x0)
+    assert tuple(restored[0].translate) == (7, y0, x0)
     assert restored[0].metadata["inkdetect_prediction"] == config.out
 
 
 def test_threshold_outline_and_scores_against_validation_labels(dock, viewer, qtbot, checkpoints):
     dock.checkpoint_edit.setText(str(checkpoints["constant"]))
     dock._on_checkpoint_edited()
-    assert (dock.start_from.value(), dock.start_to.value()) == (1, 7)  # 5 +- 2 x 2, to 8
-    dock.start_from.setValue(5)
-    dock.start_to.setValue(5)
+    # around the trained window [5, 13), centred on 9: 9 +- 2 x 2, to the last centre 12
+    assert (dock.centre_from.value(), dock.centre_to.value()) == (5, 11)
+    dock.centre_from.setValue(9)
+    dock.centre_to.setValue(9)
     run(dock, qtbot)
-    prob, _ = open_prediction(dock.config.out)
-    assert set(np.unique(prob)) <= {0, CONSTANT_U8}
+    prob, prov = open_prediction(dock.config.out)
+    assert set(np.unique(prob)) <= {0, CONSTANT_U8} and prov["start_layers"] == [5]
 
-    viewer.dims.set_current_step(0, 5)
+    viewer.dims.set_current_step(0, 9)
     dock.val_combo.setCurrentText("s validation labels")
     dock.outline_check.setChecked(True)
     dock.threshold_slider.setValue(70)  # 0.70 < 0.73: every papyrus pixel is "ink"
@@ -184,8 +189,8 @@ def test_threshold_slider_takes_the_checkpoint_calibrated_threshold(
     dock._on_checkpoint_edited()
     assert dock.threshold == 0.6
 
-    dock.start_from.setValue(3)
-    dock.start_to.setValue(3)
+    dock.centre_from.setValue(7)
+    dock.centre_to.setValue(7)
     config = dock.build_config()
     run(dock, qtbot)  # predicting with it keeps the user's threshold too
     assert dock.overlay().metadata["threshold"] == 0.37 and dock.threshold == 0.6
@@ -226,8 +231,8 @@ def test_threshold_mask_removes_small_blobs():
 
 
 def test_follow_view_predicts_the_view_and_returning_is_instant(dock, viewer, qtbot):
-    dock.start_from.setValue(2)
-    dock.start_to.setValue(2)
+    dock.centre_from.setValue(6)
+    dock.centre_to.setValue(6)
     dock.max_view_spin.setValue(128)
     camera = camera_of(viewer)
     camera.center = (0, 40, 60)
@@ -254,9 +259,9 @@ def test_follow_view_predicts_the_view_and_returning_is_instant(dock, viewer, qt
 
 def test_removing_the_overlay_mid_run_stops_the_prediction(dock, viewer, qtbot):
     dock.tta_check.setChecked(True)  # 8x the work: still running when the layer goes
-    dock.start_from.setValue(0)
-    dock.start_to.setValue(8)
-    dock.start_step.setValue(1)
+    dock.centre_from.setValue(4)
+    dock.centre_to.setValue(12)
+    dock.centre_step.setValue(1)
     worker = dock.start()
     qtbot.waitUntil(lambda: dock.overlay() is not None, timeout=TIMEOUT_MS)
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
@@ -288,13 +293,14 @@ def test_the_last_finetuned_checkpoint_is_preselected(viewer, checkpoints):
     assert widget.checkpoint_edit.text() == str(checkpoints["constant"])
     session(viewer).set_checkpoint(checkpoints["random"], 4)
     assert widget.checkpoint_edit.text() == str(checkpoints["random"])
-    assert (widget.start_from.value(), widget.start_to.value()) == (0, 8)
+    # the band around the trained window [4, 12): centres 8 +- 4, i.e. windows 0..8
+    assert (widget.centre_from.value(), widget.centre_to.value()) == (4, 12)
 
 
 @pytest.mark.slow
 def test_local_workers_stream_into_the_same_overlay(dock, viewer, qtbot, tmp_path):
-    dock.start_from.setValue(2)
-    dock.start_to.setValue(4)
+    dock.centre_from.setValue(6)
+    dock.centre_to.setValue(8)
     dock.run_on_combo.setCurrentText("local workers")
     dock.workers_spin.setValue(2)
     config = dock.build_config().with_(chunk=64)
@@ -315,12 +321,12 @@ def test_large_predictions_are_multiscale_overlays(dock, viewer, qtbot, monkeypa
     from napari_inkdetect import inference
 
     monkeypatch.setattr(inference, "LEVELS_ABOVE", 64)  # as if this segment were 13k px wide
-    dock.start_from.setValue(3)
-    dock.start_to.setValue(3)
+    dock.centre_from.setValue(7)
+    dock.centre_to.setValue(7)
     run(dock, qtbot, dock.build_config().with_(chunk=64))
     overlay = dock.overlay()
     assert overlay.multiscale and len(overlay.data) == 3
-    viewer.dims.set_current_step(0, 3)
+    viewer.dims.set_current_step(0, 7)
     dock.val_combo.setCurrentText("s validation labels")
     dock.outline_check.setChecked(True)
     qtbot.waitUntil(lambda: "F0.5" in dock.metrics_label.text(), timeout=5000)

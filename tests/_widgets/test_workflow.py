@@ -24,8 +24,9 @@ def test_paint_finetune_with_preview_then_predict(make_napari_viewer, qtbot, tmp
     viewer = make_napari_viewer(show=True)
     viewer.open(folder, plugin="napari-inkdetect")
     labels_dock, finetune, predict, _ = add_docks(viewer)
-    start = max(0, seg.ink_layers[0] - 3)
-    viewer.dims.set_current_step(0, start)
+    start = max(0, seg.ink_layers[0] - 3)  # the window 5-16 holds the ink (8-13) ...
+    centre = start + LAYERS // 2  # ... and the slider marks its centre
+    viewer.dims.set_current_step(0, centre)
 
     # paint: ink on the letters and papyrus around them, on the left half only
     painted = labels_dock.new_labels()
@@ -47,7 +48,7 @@ def test_paint_finetune_with_preview_then_predict(make_napari_viewer, qtbot, tmp
     finetune.val_every_spin.setValue(STEPS)
     finetune.preview_spin.setValue(100)
     finetune.runs_edit.setText(str(tmp_path / "runs"))
-    assert finetune.build_config().start_layer == start  # from the depth slider
+    assert finetune.build_config().start_layer == start  # centred on the depth slider
     finetune.run_button.click()
     assert finetune.running and finetune.run_button.text() == "Stop"
     qtbot.waitUntil(lambda: not finetune.running, timeout=RUN_TIMEOUT_MS)
@@ -58,9 +59,9 @@ def test_paint_finetune_with_preview_then_predict(make_napari_viewer, qtbot, tmp
     preview = viewer.layers["s preview (training)"]
     assert preview.ndim == 2 and preview.metadata["start_layers"] == [start]
 
-    # Predict picks up the finetuned checkpoint and a band of start layers around its window
+    # Predict picks up the finetuned checkpoint and a band of centres around its window's
     assert predict.checkpoint_edit.text() == str(finetune.last_checkpoint)
-    assert predict.start_from.value() <= start <= predict.start_to.value()
+    assert predict.centre_from.value() <= centre <= predict.centre_to.value()
     predict.region_combo.setCurrentText("Whole mask")
     predict.device_combo.setCurrentText("cpu")
     predict.out_edit.setText(str(tmp_path / "predictions"))
@@ -72,7 +73,7 @@ def test_paint_finetune_with_preview_then_predict(make_napari_viewer, qtbot, tmp
     prob, prov = open_prediction(overlay.metadata["inkdetect_prediction"])
     starts = prov["start_layers"]
     assert overlay.data.shape == (len(starts), *prob.shape[1:]) and start in starts
-    assert overlay.translate[0] == starts[0]
+    assert overlay.translate[0] == starts[0] + LAYERS // 2  # each window at its centre
     # values from the trained model: ink on the letters it never saw (right half)
     y0, x0, y1, x1 = prov["region"]
     truth, right = seg.truth[y0:y1, x0:x1], ~left[y0:y1, x0:x1]
@@ -83,7 +84,7 @@ def test_paint_finetune_with_preview_then_predict(make_napari_viewer, qtbot, tmp
     # the stall meter ran during both runs
     assert finetune.last_stall_ms is not None and finetune.stall.ticks > 100
     assert predict.last_stall_ms is not None and predict.runner.stall.ticks > 0
-    viewer.dims.set_current_step(0, start)
+    viewer.dims.set_current_step(0, centre)
     for layer in viewer.layers:  # the volume and the prediction only
         layer.visible = layer is overlay or layer.name == "s"
     shot = viewer.screenshot(str(tmp_path / "workflow.png"), canvas_only=True)

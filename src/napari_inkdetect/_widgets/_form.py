@@ -46,3 +46,46 @@ def fill_names(box: QComboBox, names: list[str], preferred: list[str]) -> None:
     elif preferred:
         box.setCurrentText(preferred[0])
     box.currentIndexChanged.emit(box.currentIndex())
+
+
+class LayerChoice:
+    """A combo of layer names that tells the user's choice from the dock's own.
+
+    The dock refills it as layers come and go (:meth:`fill`): a name the user picked is kept
+    while its layer exists, and so is one of the ``keep`` names (the right role); any other
+    choice was only a fallback and gives way to the first of ``preferred``, so the choice
+    does not depend on the order in which layers arrive.
+    """
+
+    def __init__(self, box: QComboBox) -> None:
+        self.box = box
+        self.user_choice: str | None = None
+        box.currentTextChanged.connect(self._on_text_changed)
+
+    @classmethod
+    def of(cls, box: QComboBox) -> LayerChoice:
+        """The one ``LayerChoice`` of ``box`` (made at the first call, i.e. the dock's first
+        refill, before the user can choose anything)."""
+        choice = getattr(box, "_inkdetect_choice", None)
+        if choice is None:
+            choice = cls(box)
+            box._inkdetect_choice = choice
+        return choice
+
+    def _on_text_changed(self, text: str) -> None:
+        self.user_choice = text or None  # fill() blocks signals: only outside choices land here
+
+    def fill(self, names: list[str], preferred: list[str], keep: list[str] | None = None) -> None:
+        """Refill with ``names``; listeners hear one change."""
+        current = self.box.currentText()
+        if self.user_choice not in names:
+            self.user_choice = None
+        kept = current in names and (current == self.user_choice or current in (keep or ()))
+        choice = current if kept else next((n for n in preferred if n in names), None)
+        self.box.blockSignals(True)
+        self.box.clear()
+        self.box.addItems(names)
+        if choice is not None:
+            self.box.setCurrentText(choice)
+        self.box.blockSignals(False)
+        self.box.currentIndexChanged.emit(self.box.currentIndex())

@@ -29,8 +29,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_inkdetect._napari_layers import PREDICTION_KEY
+from napari_inkdetect._napari_layers import PREDICTION, PREDICTION_KEY, layer_role
 from napari_inkdetect._widgets._runs import RunState, StoppableWorker, stoppable_worker
+from napari_inkdetect._widgets._settings import DockSettings
 from napari_inkdetect.errors import ConfigError, InkDetectError
 from napari_inkdetect.export import MP4_HINT, ExportConfig, FileWritten, FrameRendered, export
 
@@ -48,6 +49,23 @@ def _spin(lo: int, hi: int, value: int, suffix: str = "") -> QSpinBox:
     return box
 
 
+def _prediction_path(layer: Any) -> str | None:
+    """The zarr a prediction layer shows (not a training preview's), else None."""
+    if not isinstance(layer, Image) or layer_role(layer) not in (PREDICTION, None):
+        return None
+    path = layer.metadata.get(PREDICTION_KEY)
+    return str(path) if path else None
+
+
+def _arrived(event: Any) -> Any:
+    """The layer an event brings: one inserted, or an overlay the Predict dock pointed at a
+    new output (it reuses its layers and sets their metadata)."""
+    kind = getattr(event, "type", None)
+    if kind == "inserted":
+        return event.value
+    return getattr(event, "source", None) if kind == "metadata" else None
+
+
 class ExportWidget(QWidget):
     """Write a prediction layer's files: PNG/TIFF per start layer, max projection, GIF/MP4."""
 
@@ -60,10 +78,14 @@ class ExportWidget(QWidget):
         self.written: list[Path] = []
         self._state = RunState()
         self._auto_folder = ""
+        self._added: list[str] = []  # prediction zarrs in the order their layers arrived
         self._build()
+        self.settings = DockSettings(self, "export", self._kept_controls())
         layers = self.viewer.layers.events
         layers.inserted.connect(self._on_layers_changed)
         layers.removed.connect(self._on_layers_changed)
+        for layer in self.viewer.layers:
+            layer.events.metadata.connect(self._on_layers_changed)
         self._on_layers_changed()
         self.destroyed.connect(self._state.on_destroyed)
 
@@ -71,29 +93,37 @@ class ExportWidget(QWidget):
 
     def _build(self) -> None:
         self.prediction_combo = QComboBox()
+        self.prediction_combo.setToolTip("the prediction to write (the newest one is chosen)")
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("output folder")
+        self.folder_edit.setToolTip("where the files go (proposed: <prediction>_export beside it)")
         self.browse_button = QPushButton("...")
+        self.browse_button.setToolTip("choose the output folder")
         self.browse_button.setMaximumWidth(30)
         folder = QHBoxLayout()
         folder.addWidget(self.folder_edit, 1)
         folder.addWidget(self.browse_button)
         self.png_check = QCheckBox("PNG")
+        self.png_check.setToolTip("one 8-bit PNG per window (0..255: probability 0..1)")
         self.png_check.setChecked(True)
         self.tif_check = QCheckBox("TIFF")
         self.tif_check.setToolTip("in the stored dtype (float for float16 predictions)")
         self.max_check = QCheckBox("max projection")
+        self.max_check.setToolTip("also the maximum over all windows, in the image formats chosen")
         self.max_check.setChecked(True)
         images = QHBoxLayout()
         for box in (self.png_check, self.tif_check, self.max_check):
             images.addWidget(box)
         self.gif_check = QCheckBox("GIF")
+        self.gif_check.setToolTip("an animated GIF sweeping through the windows over the volume")
         self.gif_check.setChecked(True)
         self.mp4_check = QCheckBox("MP4")
+        self.mp4_check.setToolTip("an MP4 of the same depth sweep")
         if importlib.util.find_spec("imageio_ffmpeg") is None:
             self.mp4_check.setEnabled(False)
             self.mp4_check.setToolTip(MP4_HINT)
         self.fps_spin = _spin(1, 60, 4, " fps")
+        self.fps_spin.setToolTip("frames per second of the sweep (one frame per window)")
         self.size_spin = _spin(64, 16384, 1024, " px")
         self.size_spin.setToolTip("largest side of the sweep's frames (block-averaged)")
         sweep = QHBoxLayout()
@@ -105,6 +135,7 @@ class ExportWidget(QWidget):
         form.addRow("Start layers", images)
         form.addRow("Depth sweep", sweep)
         self.export_button = QPushButton("Export")
+        self.export_button.setToolTip("write the files in the background; Stop keeps those done")
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -123,6 +154,18 @@ class ExportWidget(QWidget):
         self.browse_button.clicked.connect(self._choose_folder)
         self.export_button.clicked.connect(self._on_export_clicked)
 
+    def _kept_controls(self) -> dict[str, QWidget]:
+        """What the dock remembers between sessions (the folder follows the prediction)."""
+        return {
+            "png": self.png_check,
+            "tiff": self.tif_check,
+            "max_projection": self.max_check,
+            "gif": self.gif_check,
+            "mp4": self.mp4_check,
+            "fps": self.fps_spin,
+            "frame_size": self.size_spin,
+        }
+
     # ------------------------------------------------------------------ widget state
 
     @property
@@ -132,19 +175,30 @@ class ExportWidget(QWidget):
         return Path(path) if path else None
 
     def _on_layers_changed(self, event: Any = None) -> None:
-        """One entry per prediction zarr (its max-projection layer shares the path)."""
-        paths: dict[str, str] = {}
+        """One entry per prediction zarr (its max-projection layer shares the path); training
+        previews are left out. A prediction that arrives becomes the choice; otherwise the
+        choice is kept while it exists, else the most recently added prediction."""
+        paths: dict[str, str] = {}  # zarr path -> the name of its first layer
         for layer in self.viewer.layers:
-            path = layer.metadata.get(PREDICTION_KEY) if isinstance(layer, Image) else None
-            if path and str(path) not in paths.values():
-                paths[layer.name] = str(path)
+            path = _prediction_path(layer)
+            if path and path not in paths:
+                paths[path] = layer.name
+        self._added = [p for p in self._added if p in paths]
+        self._added += [p for p in paths if p not in self._added]  # present from the start
+        layer = _arrived(event)
+        if layer is not None and getattr(event, "type", None) == "inserted":
+            layer.events.metadata.connect(self._on_layers_changed)
+        arrived = _prediction_path(layer) if layer in self.viewer.layers else None
+        if arrived:
+            self._added = [p for p in self._added if p != arrived] + [arrived]
         current = self.prediction_combo.currentData()
+        choice = arrived or (current if current in paths else None)
+        choice = choice or (self._added[-1] if self._added else None)
         self.prediction_combo.blockSignals(True)
         self.prediction_combo.clear()
-        for name, path in paths.items():
+        for path, name in paths.items():
             self.prediction_combo.addItem(name, path)
-        index = self.prediction_combo.findData(current) if current else -1
-        self.prediction_combo.setCurrentIndex(max(index, 0) if paths else -1)
+        self.prediction_combo.setCurrentIndex(self.prediction_combo.findData(choice))
         self.prediction_combo.blockSignals(False)
         self._on_prediction_changed()
 

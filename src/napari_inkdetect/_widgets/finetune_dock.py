@@ -10,6 +10,7 @@ them into UI updates on the GUI thread. Stopping goes through the run's ``thread
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import threading
 from collections.abc import Iterator
@@ -38,8 +39,18 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_inkdetect._napari_layers import is_derived
-from napari_inkdetect._widgets._form import combo, double_spin, fill_names, spin
+from napari_inkdetect._napari_layers import (
+    PREDICTION,
+    PREVIEW,
+    TRAIN,
+    UNCERTAINTY,
+    VALIDATION,
+    VOLUME,
+    is_trainable,
+    layer_role,
+    names_with_role,
+)
+from napari_inkdetect._widgets._form import LayerChoice, combo, double_spin, spin
 from napari_inkdetect._widgets._runs import (
     RunState,
     StallMeter,
@@ -48,12 +59,20 @@ from napari_inkdetect._widgets._runs import (
     session,
     stoppable_worker,
 )
+from napari_inkdetect._widgets._settings import DockSettings
+from napari_inkdetect._widgets.ink_depth_plot import (
+    InkDepth,
+    InkDepthPlot,
+    predict_docks,
+    start_estimate,
+)
 from napari_inkdetect._widgets.prediction_overlay import PredictionRunner, visible_region
 from napari_inkdetect.devices import available_devices
 from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.inference import PredictConfig
 from napari_inkdetect.io.labels import write_labels
 from napari_inkdetect.models import list_models
+from napari_inkdetect.models.checkpoints import KIND_INK_MODEL, read_checkpoint_metadata
 from napari_inkdetect.processes import run_in_child
 from napari_inkdetect.training import (
     BatchHalved,
@@ -65,6 +84,11 @@ from napari_inkdetect.training import (
     Validated,
     ValidationPlanned,
 )
+from napari_inkdetect.training.init_settings import default_optimisation
+from napari_inkdetect.training.preflight import check_labels, preflight
+from napari_inkdetect.training.presets import pick_preset
+from napari_inkdetect.training.trainer import BEST, CONFIG_FILE, LAST
+from napari_inkdetect.windows import centre_bounds, window_start
 
 if TYPE_CHECKING:
     import napari
@@ -76,6 +100,7 @@ TRAIN_PARTS = ("all", "decoder", "decoder+last")
 AUTOCAST = ("auto", "off", "bf16", "fp16")
 DEFAULT_RUNS = Path.home() / "inkdetect-runs"
 CHECKPOINT_FILTER = "Checkpoints (*.safetensors *.pt *.pth *.ckpt *.bin);;All files (*)"
+AUTO_LR = "auto"  # the learning rate spin box at 0
 
 
 def relay_training(config: TrainConfig, stop: threading.Event) -> Iterator[Any]:
@@ -85,6 +110,14 @@ def relay_training(config: TrainConfig, stop: threading.Event) -> Iterator[Any]:
 
 #: napari's window close calls ``quit()``; ours sets the stop event so the child saves and ends
 TrainWorker = StoppableWorker
+
+
+def _discard_run_dir(run_dir: Path) -> None:
+    """A refused run leaves nothing behind: the label files written for it, then the folder."""
+    for name in ("train_labels.png", "validation_labels.png"):
+        (run_dir / name).unlink(missing_ok=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):  # anything else in it: leave it
+        run_dir.rmdir()
 
 
 class LossPlot(QWidget):
@@ -174,6 +207,50 @@ class LossPlot(QWidget):
             painter.drawText(self.width() - pad - width, baseline, text)
 
 
+def _auto_lr_tip() -> str:
+    """What "auto" picks, from the core's presets (not repeated here)."""
+    from napari_inkdetect.models.checkpoints import KIND_INK_MODEL, KIND_PRETRAINED_ENCODER
+
+    starts = ((None, "cpu"), (None, "cuda"), (KIND_PRETRAINED_ENCODER,), (KIND_INK_MODEL,))
+    cpu, gpu, kinetics, ink = (default_optimisation(*start).lr for start in starts)
+    return (
+        f"auto: the preset for where training starts: from scratch {cpu:g} on a CPU, {gpu:g} "
+        f"on a GPU; from a Kinetics encoder {kinetics:g}; from a trained ink model {ink:g}. "
+        "Type a value to override it"
+    )
+
+
+def newest_run_checkpoint(root: Path, name: str, segment: str | None = None) -> Path | None:
+    """The checkpoint of the newest run folder ``<name>-<time>`` in ``root`` (of ``segment``
+    when its config.json says so): its best.safetensors, else last.safetensors."""
+    try:
+        runs = [d for d in root.iterdir() if d.name.startswith(f"{name}-") and d.is_dir()]
+    except OSError:
+        return None
+    found = []
+    for run in runs:
+        path = next((run / f for f in (BEST, LAST) if (run / f).is_file()), None)
+        if path is not None and _trained_on(run, segment):
+            found.append(path)
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _trained_on(run: Path, segment: str | None) -> bool:
+    """Whether run folder ``run`` trained on ``segment`` (unreadable config: its name says)."""
+    try:
+        recorded = json.loads((run / CONFIG_FILE).read_text()).get("segment")
+    except (OSError, ValueError, AttributeError):
+        return True
+    if not recorded or not segment:
+        return True
+    return Path(recorded).expanduser().resolve() == Path(segment).expanduser().resolve()
+
+
+def _preview_name(volume: Any) -> str:
+    """The training preview layer's name (one per volume, reused by every preview)."""
+    return f"{volume.metadata.get('segment_id') or volume.name} preview (training)"
+
+
 def _format_eta(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "--:--"
@@ -213,9 +290,38 @@ class FinetuneWidget(QWidget):
         self._refresh_layers()
         self._on_volume_changed()
         self._connect()
+        self.settings = DockSettings(self, "finetune", self._kept_controls())
+        if self.settings.stored("device") not in (None, self.device_combo.currentText()):
+            self._apply_device_preset(self.device_combo.currentText())  # sizes of another device
+        self._update_continue(force=True)
         # A plain function of plain state: it must work after the Qt object is deleted.
         self.destroyed.connect(self._state.on_destroyed)
         self.destroyed.connect(self.preview.shutdown)
+
+    def _kept_controls(self) -> dict[str, QWidget]:
+        """What the dock remembers between sessions (no layer choice, no window centre: it
+        follows the segment). The device comes first: its preset must not undo the rest."""
+        return {
+            "device": self.device_combo,
+            "new_model": self.new_radio,
+            "from_checkpoint": self.checkpoint_radio,
+            "checkpoint": self.checkpoint_edit,
+            "arch": self.arch_combo,
+            "width": self.width_spin,
+            "layers": self.layers_spin,
+            "scale": self.scale_spin,
+            "steps": self.steps_spin,
+            "batch": self.batch_spin,
+            "lr": self.lr_spin,
+            "train": self.train_combo,
+            "tile": self.tile_spin,
+            "validate_every": self.val_every_spin,
+            "autocast": self.autocast_combo,
+            "seed": self.seed_spin,
+            "preview_every": self.preview_spin,
+            "preview_size": self.preview_side_spin,
+            "runs": self.runs_edit,
+        }
 
     # ------------------------------------------------------------------ layout
 
@@ -224,8 +330,13 @@ class FinetuneWidget(QWidget):
         layout.addLayout(self._data_form())
         layout.addLayout(self._model_form())
         layout.addLayout(self._training_form())
+        self.depth_plot = InkDepthPlot()  # shown after "Find ink depth"
+        layout.addWidget(self.depth_plot)
         layout.addWidget(self._advanced_section())
         self.run_button = QPushButton("Finetune")
+        self.run_button.setToolTip(
+            "train in a separate process; Stop saves the last checkpoint and ends the run"
+        )
         layout.addWidget(self.run_button)
         layout.addLayout(self._progress_rows())
         layout.addStretch(1)
@@ -236,6 +347,10 @@ class FinetuneWidget(QWidget):
         self.labels_combo = QComboBox()
         self.val_combo = QComboBox()
         self.val_combo.setToolTip("held-out labels; by default some labelled regions are held out")
+        self.volume_combo.setToolTip("the segment to train on (opened by napari-inkdetect)")
+        self.labels_combo.setToolTip(
+            "painted labels to train on: 1 ink, 2 not ink, 0 unlabelled (never a mask or truth)"
+        )
         form.addRow("Volume", self.volume_combo)
         form.addRow("Labels", self.labels_combo)
         form.addRow("Validation", self.val_combo)
@@ -244,12 +359,17 @@ class FinetuneWidget(QWidget):
     def _model_form(self) -> QFormLayout:
         form = QFormLayout()
         self.new_radio = QRadioButton("New")
+        self.new_radio.setToolTip("train a new model: the architecture and width beside it")
         self.checkpoint_radio = QRadioButton("Checkpoint")
+        self.checkpoint_radio.setToolTip(
+            "start from a file: a Kinetics-pretrained encoder, a Kaggle ink model or a run's"
+        )
         self.new_radio.setChecked(True)
         self._model_group = QButtonGroup(self)
         self._model_group.addButton(self.new_radio)
         self._model_group.addButton(self.checkpoint_radio)
         self.arch_combo = combo(list_models(), "resnet10")
+        self.arch_combo.setToolTip("a new model's 3D ResNet encoder (deeper: slower, stronger)")
         self.width_spin = double_spin(0.0625, 2.0, 1.0, 0.125, 4)
         self.width_spin.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)  # "0.0625" fits
         self.width_spin.setToolTip("channel width multiplier: 0.125-0.25 train on a CPU")
@@ -260,36 +380,60 @@ class FinetuneWidget(QWidget):
         new_row.addWidget(self.width_spin)
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("Kinetics, Kaggle or our own .safetensors")
+        self.checkpoint_edit.setToolTip("the checkpoint file to start from")
         self.browse_checkpoint = QPushButton("...")
+        self.browse_checkpoint.setToolTip("choose the checkpoint file to start from")
         self.browse_checkpoint.setMaximumWidth(30)
         ckpt_row = QHBoxLayout()
         ckpt_row.addWidget(self.checkpoint_radio)
         ckpt_row.addWidget(self.checkpoint_edit, 1)
         ckpt_row.addWidget(self.browse_checkpoint)
+        self.continue_button = QPushButton("Continue from the last checkpoint")
         form.addRow("Model", new_row)
         form.addRow("", ckpt_row)
+        form.addRow("", self.continue_button)
         self._on_model_source_changed()
         return form
 
     def _training_form(self) -> QFormLayout:
         form = QFormLayout()
-        self.start_spin = spin(0, 0, 0)
-        self.start_spin.setToolTip("first layer of the window; follows the depth slider")
+        self.centre_spin = spin(0, 0, 0)  # tooltip: _show_window (it names the layers)
         self.slider_button = QPushButton("from slider")
+        self.slider_button.setToolTip("the window centre follows the depth slider again")
         start_row = QHBoxLayout()
-        start_row.addWidget(self.start_spin, 1)
+        start_row.addWidget(self.centre_spin, 1)
         start_row.addWidget(self.slider_button)
+        self.depth_button = QPushButton("Find ink depth")
+        self.depth_button.setToolTip(
+            "set the window centre (and Predict's band of centres) where the ink texture shows"
+        )
+        self.depth_button.clicked.connect(self.find_ink_depth)
+        self.depth_worker: Any = None
+        start_row.addWidget(self.depth_button)
         self.layers_spin = spin(1, 256, 22)
+        self.layers_spin.setToolTip(
+            "window length: consecutive volume layers the model sees at once (layers)"
+        )
         self.scale_spin = double_spin(0.1, 8.0, 1.0, 0.1, 3)
-        self.scale_spin.setToolTip("in-plane zoom; fragment-trained models need ~2.44 on scrolls")
+        self.scale_spin.setToolTip(
+            "in-plane zoom (model pixels per volume pixel); fragment-trained models need ~2.44 "
+            "on scrolls"
+        )
         self.steps_spin = spin(1, 10_000_000, 1000, 100)
+        self.steps_spin.setToolTip("optimiser steps to train for (steps; one batch each)")
         self.batch_spin = spin(1, 1024, 8)
-        self.lr_spin = double_spin(1e-6, 1.0, 3e-4, 1e-4, 6)
+        self.batch_spin.setToolTip("tiles per step (tiles); fewer need less memory")
+        self.lr_spin = double_spin(0.0, 1.0, 0.0, 1e-4, 6)
+        self.lr_spin.setSpecialValueText(AUTO_LR)  # 0: lr None, the core's preset decides
+        self.lr_spin.setToolTip(_auto_lr_tip())
         self.train_combo = combo(TRAIN_PARTS, "all")
         self.train_combo.setToolTip("parts to train; the others stay frozen")
         self.device_combo = combo(available_devices())
+        self.device_combo.setToolTip(
+            "where training runs; choosing one applies its preset (model, tile, batch, steps)"
+        )
         for label, widget in (
-            ("Start layer", start_row),
+            ("Window centre", start_row),
             ("Layers", self.layers_spin),
             ("Scale", self.scale_spin),
             ("Steps", self.steps_spin),
@@ -306,10 +450,21 @@ class FinetuneWidget(QWidget):
         inner = QWidget()
         form = QFormLayout(inner)
         form.setContentsMargins(0, 0, 0, 0)
+        self.advanced.findChild(QPushButton).setToolTip(  # its toggle, the only button yet
+            "tile, validation, precision, seed, live preview and the run folder"
+        )
         self.tile_spin = spin(32, 2048, 256, 32)
+        self.tile_spin.setToolTip("side of each training tile (model pixels)")
         self.val_every_spin = spin(1, 1_000_000, 100, 10)
+        self.val_every_spin.setToolTip(
+            "score held-out labels (F0.5) and keep the best checkpoint every N steps (steps)"
+        )
         self.autocast_combo = combo(AUTOCAST, "auto")
+        self.autocast_combo.setToolTip(
+            "mixed precision: auto is bf16 (or fp16) on a GPU and float32 on a CPU; off: float32"
+        )
         self.seed_spin = spin(0, 2**31 - 1, 0)
+        self.seed_spin.setToolTip("random seed: tile sampling, augmentation, new model weights")
         self.preview_spin = spin(0, 1_000_000, 100, 50)
         self.preview_spin.setSpecialValueText("off")
         self.preview_spin.setToolTip(
@@ -320,6 +475,7 @@ class FinetuneWidget(QWidget):
         self.runs_edit = QLineEdit(str(DEFAULT_RUNS))
         self.runs_edit.setToolTip("each run gets its own <segment>-<time> folder in here")
         self.browse_runs = QPushButton("...")
+        self.browse_runs.setToolTip("choose the run folder")
         self.browse_runs.setMaximumWidth(30)
         runs_row = QHBoxLayout()
         runs_row.addWidget(self.runs_edit, 1)
@@ -340,16 +496,25 @@ class FinetuneWidget(QWidget):
         return self.advanced
 
     def _apply_device_preset(self, device: str) -> None:
-        """Sizes that finish in minutes on the chosen device: a full-width model on a GPU,
-        a 1/8-width one on tiles of 128 on a CPU (about 2 minutes for 600 steps)."""
-        cpu = device == "cpu"
-        self.width_spin.setValue(0.125 if cpu else 1.0)
-        self.tile_spin.setValue(128 if cpu else 256)
-        self.steps_spin.setValue(600 if cpu else 1000)
-        self.batch_spin.setValue(4 if cpu else 8)
-        self.lr_spin.setValue(1e-3 if cpu else 3e-4)
-        self.preview_spin.setValue(200 if cpu else 100)
-        self.preview_side_spin.setValue(384 if cpu else 2048)
+        """Sizes that finish in minutes on the chosen device, from the table the command line
+        uses too (:mod:`napari_inkdetect.training.presets`: a full-width model on a GPU, a
+        1/8-width one on tiles of 128 on a CPU); the learning rate back to auto."""
+        preset, _ = pick_preset(device)
+        self.arch_combo.setCurrentText(preset.arch)
+        self.width_spin.setValue(preset.width)
+        self.tile_spin.setValue(preset.tile)
+        self.steps_spin.setValue(preset.steps)
+        self.batch_spin.setValue(preset.batch_size)
+        self.lr_spin.setValue(self.lr_spin.minimum())
+        self.preview_spin.setValue(preset.preview_every)
+        self.preview_side_spin.setValue(preset.preview_side)
+
+    def _lr(self) -> float | None:
+        """The typed learning rate, or None on auto (the core's preset for where training
+        starts: the spin box shows the value once the run has started)."""
+        self.lr_spin.setSpecialValueText(AUTO_LR)
+        value = self.lr_spin.value()
+        return None if value <= self.lr_spin.minimum() else value
 
     def _progress_rows(self) -> QVBoxLayout:
         box = QVBoxLayout()
@@ -383,50 +548,142 @@ class FinetuneWidget(QWidget):
         self.viewer.dims.events.current_step.connect(self._on_slider_moved)
         self.volume_combo.currentIndexChanged.connect(self._on_volume_changed)
         self.new_radio.toggled.connect(self._on_model_source_changed)
-        self.start_spin.valueChanged.connect(self._on_start_edited)
+        self.centre_spin.valueChanged.connect(self._on_centre_edited)
+        self.layers_spin.valueChanged.connect(self._on_layers_changed)
         self.slider_button.clicked.connect(self._follow_depth_slider)
         self.browse_checkpoint.clicked.connect(self._choose_checkpoint)
         self.browse_runs.clicked.connect(self._choose_runs_folder)
         self.run_button.clicked.connect(self._on_run_clicked)
+        self.continue_button.clicked.connect(self.continue_from_last)
+        self.volume_combo.currentIndexChanged.connect(self._update_continue)
+        self.runs_edit.editingFinished.connect(lambda: self._update_continue(force=True))
 
     # ------------------------------------------------------------------ widget state
 
     def _refresh_layers(self, event: Any = None) -> None:
-        """Refill the layer combos, keeping each choice while its layer exists."""
-        images = [x.name for x in self.viewer.layers if isinstance(x, Image)]
-        images.sort(key=lambda name: SEGMENT_KEY not in self.viewer.layers[name].metadata)
-        labels = [
-            x.name for x in self.viewer.layers if isinstance(x, Labels) and not is_derived(x)
+        """Refill the layer combos by role, whatever order the layers arrive in: the labels
+        never offer a mask, truth or prediction; a fallback choice gives way to a layer of the
+        right role (``train``, ``validation``) when one arrives; a user's choice is kept."""
+        layers = list(self.viewer.layers)
+        images = [
+            x
+            for x in layers
+            if isinstance(x, Image) and layer_role(x) not in (PREDICTION, PREVIEW, UNCERTAINTY)
         ]
-        train = [n for n in labels if "train" in n] + labels
-        val = [n for n in labels if "validation" in n] + [NO_VALIDATION]
-        fill_names(self.volume_combo, images, images[:1])
-        fill_names(self.labels_combo, labels, train[:1])
-        fill_names(self.val_combo, [NO_VALIDATION, *labels], val[:1])
+        images.sort(key=lambda x: (layer_role(x) != VOLUME, SEGMENT_KEY not in x.metadata))
+        names = [x.name for x in images]
+        LayerChoice.of(self.volume_combo).fill(names, names, keep=names_with_role(images, VOLUME))
+        volume = self._layer(self.volume_combo)
+        segment = volume.metadata.get(SEGMENT_KEY) if volume is not None else None
+        labels = [x for x in layers if isinstance(x, Labels) and is_trainable(x)]
+        names = [x.name for x in labels]
+        loose = [x.name for x in labels if layer_role(x) is None]  # the user's own layers
+        train = names_with_role(labels, TRAIN, segment)
+        val = names_with_role(labels, VALIDATION, segment)
+        named = [n for n in loose if "train" in n.lower()]
+        LayerChoice.of(self.labels_combo).fill(names, train + named + loose + names, keep=train)
+        named = [n for n in loose if "validation" in n.lower()]
+        LayerChoice.of(self.val_combo).fill(
+            [NO_VALIDATION, *names], [*val, *named, NO_VALIDATION], keep=val
+        )
 
     def _on_volume_changed(self, *_: Any) -> None:
-        """The start layer ranges over the chosen volume's depth."""
-        layer = self._layer(self.volume_combo)
-        depth = int(layer.data.shape[0]) if layer is not None and layer.ndim == 3 else 1
-        self.start_spin.blockSignals(True)
-        self.start_spin.setMaximum(max(0, depth - 1))
-        self.start_spin.blockSignals(False)
+        """The window centre ranges over the centres whose window fits the chosen volume."""
+        self._update_centre_range()
         if self._follow_slider:
             self._follow_depth_slider()
+
+    def _on_layers_changed(self, *_: Any) -> None:
+        """A longer or shorter window keeps its centre (clamped so that it still fits)."""
+        self._update_centre_range()
+        if self._follow_slider:
+            self._follow_depth_slider()
+
+    def _update_centre_range(self) -> None:
+        """Centres ``Layers // 2 .. depth - Layers + Layers // 2``: the spin box clamps to them."""
+        layer = self._layer(self.volume_combo)
+        depth = int(layer.data.shape[0]) if layer is not None and layer.ndim == 3 else 1
+        self.centre_spin.blockSignals(True)
+        self.centre_spin.setRange(*centre_bounds(depth, self.layers_spin.value()))
+        self.centre_spin.blockSignals(False)
+        self._show_window()
 
     def _on_slider_moved(self, event: Any = None) -> None:
         if self._follow_slider:
             self._follow_depth_slider()
 
     def _follow_depth_slider(self) -> None:
-        """Start layer = the depth slider's position (until the user types another)."""
+        """Window centre = the depth slider's position, clamped so that the window fits (until
+        the user types another): the slider marks the centre of the window trained on."""
         self._follow_slider = True
-        self.start_spin.blockSignals(True)
-        self.start_spin.setValue(int(self.viewer.dims.current_step[0]))
-        self.start_spin.blockSignals(False)
+        self.centre_spin.blockSignals(True)
+        self.centre_spin.setValue(int(self.viewer.dims.current_step[0]))
+        self.centre_spin.blockSignals(False)
+        self._show_window()
 
-    def _on_start_edited(self, value: int) -> None:
+    def _on_centre_edited(self, value: int) -> None:
         self._follow_slider = False
+        self._show_window()
+
+    def window_start(self) -> int:
+        """The start layer of the window the dock describes (what the config records)."""
+        return window_start(self.centre_spin.value(), self.layers_spin.value())
+
+    def _show_window(self) -> None:
+        """The centre's tooltip names the window's layers."""
+        c, n = self.centre_spin.value(), self.layers_spin.value()
+        first = window_start(c, n)
+        follows = "follows the depth slider" if self._follow_slider else "typed (or found)"
+        self.centre_spin.setToolTip(
+            f"layer the {n}-layer window is centred on ({follows}): the window is layers "
+            f"[c - {n // 2}, c - {n // 2} + {n}) = {first}-{first + n - 1}"
+        )
+
+    def find_ink_depth(self) -> Any:
+        """Estimate the ink depth of the chosen volume (from the chosen labels if they hold ink
+        and not ink) in a worker; :meth:`apply_ink_depth` takes the result. The worker, or
+        ``None`` when there is no 3-D volume."""
+        volume = self._layer(self.volume_combo)
+        if volume is None or volume.ndim != 3:
+            self._show_error("choose a 3-D volume to find the ink depth in")
+            return None
+        if self.depth_worker is not None:
+            return self.depth_worker
+
+        def done() -> None:
+            self.depth_worker = None
+            if self._state.alive:
+                self.depth_button.setEnabled(True)
+                self.depth_button.setText("Find ink depth")
+
+        self.depth_button.setEnabled(False)
+        self.depth_button.setText("Finding...")
+        labels = self._layer(self.labels_combo)
+        self.depth_worker = start_estimate(
+            self.viewer,
+            volume,
+            labels,
+            self.layers_spin.value(),
+            on_done=self.apply_ink_depth,
+            on_error=lambda exc: self._state.alive and self._show_error(str(exc)),
+        )
+        self.depth_worker.finished.connect(done)
+        return self.depth_worker
+
+    def apply_ink_depth(self, estimate: InkDepth) -> None:
+        """Plot the estimate; if a depth stands out, the window is centred there (the centre
+        stops following the slider) and the Predict dock gets the estimate's band."""
+        if not self._state.alive:
+            return
+        self.depth_plot.set_estimate(estimate)
+        if not self.running:
+            self.status_label.setText(estimate.explanation)
+        if estimate.found:
+            self.centre_spin.setValue(estimate.centre)
+            self._follow_slider = False
+            self._show_window()
+            for dock in predict_docks(self.viewer):
+                dock.set_start_band(*estimate.band, through=estimate.start, layers=estimate.layers)
 
     def _on_model_source_changed(self, *_: Any) -> None:
         new = self.new_radio.isChecked()
@@ -445,6 +702,61 @@ class FinetuneWidget(QWidget):
         path = QFileDialog.getExistingDirectory(self, "Run folder", self.runs_edit.text())
         if path:
             self.runs_edit.setText(path)
+        self._update_continue(force=True)
+
+    def last_run_checkpoint(self) -> Path | None:
+        """The checkpoint "Continue" uses: this session's last finetune, else the newest run
+        of the chosen volume's segment in the run folder."""
+        if self.last_checkpoint is not None and self.last_checkpoint.is_file():
+            return self.last_checkpoint
+        volume = self._layer(self.volume_combo)
+        if volume is None:
+            return None
+        root = Path(self.runs_edit.text().strip() or DEFAULT_RUNS).expanduser()
+        name = volume.metadata.get("segment_id") or volume.name
+        return newest_run_checkpoint(root, name, volume.metadata.get(SEGMENT_KEY))
+
+    def continue_from_last(self) -> Path | None:
+        """One click: start from the last run's checkpoint, with its window length, tile and
+        scale and the learning rate on auto (the core's preset for a trained ink model).
+        ``None`` (and a message) when there is no run to continue."""
+        path = self.last_run_checkpoint()
+        self._update_continue(force=True)
+        if path is None:
+            self._show_error("no finetuned checkpoint to continue from: press Finetune first")
+            return None
+        self.checkpoint_radio.setChecked(True)
+        self.checkpoint_edit.setText(str(path))
+        self.lr_spin.setValue(self.lr_spin.minimum())
+        try:
+            meta = read_checkpoint_metadata(path)
+        except InkDetectError:
+            meta = {}
+        for key, box in (("in_layers", self.layers_spin), ("tile_size", self.tile_spin)):
+            if meta.get(key):
+                box.setValue(int(meta[key]))
+        if meta.get("scale"):
+            self.scale_spin.setValue(float(meta["scale"]))
+        lr = default_optimisation(KIND_INK_MODEL).lr
+        self.status_label.setText(f"Continuing from {path} (learning rate auto: {lr:g}).")
+        return path
+
+    def _update_continue(self, *_: Any, force: bool = False) -> None:
+        """The Continue button names the checkpoint it will use and is off without one (the
+        run folder is read again only when the segment or the folder changes)."""
+        volume = self._layer(self.volume_combo)
+        key = (self.runs_edit.text(), volume.name if volume is not None else None)
+        if not force and key == getattr(self, "_continue_key", None):
+            return
+        self._continue_key = key
+        path = self.last_run_checkpoint()
+        self.continue_button.setEnabled(path is not None)
+        lr = default_optimisation(KIND_INK_MODEL).lr
+        self.continue_button.setToolTip(
+            f"start from {path} (its window; learning rate auto: {lr:g} for a trained model)"
+            if path is not None
+            else "no finetuned checkpoint yet for this segment in the run folder"
+        )
 
     def _layer(self, combo: QComboBox) -> Any:
         name = combo.currentText()
@@ -480,13 +792,13 @@ class FinetuneWidget(QWidget):
             init=None if new_model else (self.checkpoint_edit.text().strip() or None),
             arch=self.arch_combo.currentText(),
             width=self.width_spin.value(),
-            start_layer=self.start_spin.value(),
+            start_layer=self.window_start(),
             layers=self.layers_spin.value(),
             scale=self.scale_spin.value(),
             tile=self.tile_spin.value(),
             steps=self.steps_spin.value(),
             batch_size=self.batch_spin.value(),
-            lr=self.lr_spin.value(),
+            lr=self._lr(),
             train=self.train_combo.currentText(),
             device=self.device_combo.currentText(),
             autocast=self.autocast_combo.currentText(),
@@ -525,12 +837,18 @@ class FinetuneWidget(QWidget):
 
     def start(self) -> TrainWorker | None:
         """Build the config and start training in a child process; ``None`` if the input is
-        refused (the reason is shown as a notification)."""
+        refused (the reason and its fix are shown as a notification and in the status line,
+        before any process starts: see :mod:`~napari_inkdetect.training.preflight`)."""
         if self.running:
             return self.worker
+        config = None
         try:
+            self._check_labels()  # what is painted, before a run folder is written
             config = self.build_config()
+            preflight(config, read_labels=False)  # the window and the checkpoint
         except InkDetectError as exc:
+            if config is not None:
+                _discard_run_dir(Path(config.out))
             self._show_error(str(exc))
             return None
         worker, self._state.stop = stoppable_worker(
@@ -544,9 +862,24 @@ class FinetuneWidget(QWidget):
         )
         self.worker, self.config = worker, config
         self._reset_progress(config)
+        volume = self._layer(self.volume_combo)
+        if self.preview_spin.value() and volume is not None:  # now, not at the first preview
+            self.preview.prepare(volume, _preview_name(volume))
         self.stall.start()
         worker.start()
         return worker
+
+    def _check_labels(self) -> None:
+        """Refuse labels with nothing painted or one class missing, named by their layers."""
+        labels, val = self._layer(self.labels_combo), self._layer(self.val_combo)
+        if labels is None:
+            return  # build_config says what to choose
+        check_labels(
+            np.asarray(labels.data),
+            f"'{labels.name}'",
+            np.asarray(val.data) if val is not None else None,
+            f"'{val.name}'" if val is not None else None,
+        )
 
     def stop(self) -> None:
         """Ask the engine to stop after its current step (it saves the last checkpoint)."""
@@ -594,6 +927,8 @@ class FinetuneWidget(QWidget):
         self.progress.setValue(event.start_step)
         self.loss_plot.clear(event.total_steps)
         self._device = event.device
+        if self.lr_spin.value() <= self.lr_spin.minimum():  # auto: show what it resolved to
+            self.lr_spin.setSpecialValueText(f"{AUTO_LR} ({event.config.lr:g})")
         notes = "".join(f"\n{note}" for note in getattr(event, "notes", ()))
         self.status_label.setText(
             f"Training {event.params / 1e6:.2f}M parameters on {event.device}{notes}"
@@ -656,9 +991,8 @@ class FinetuneWidget(QWidget):
             device=config.device,
             batch_size=config.batch_size,
         )
-        name = f"{volume.metadata.get('segment_id') or volume.name} preview (training)"
         try:
-            self.preview.start(preview, volume, name=name)
+            self.preview.start(preview, volume, name=_preview_name(volume))
         except InkDetectError as exc:
             self._show_error(str(exc))
             return
@@ -676,6 +1010,7 @@ class FinetuneWidget(QWidget):
         self.last_checkpoint = Path(event.best_path or event.last_path)
         config = self.config
         self.session.set_checkpoint(self.last_checkpoint, config.start_layer if config else None)
+        self._update_continue(force=True)
         how = "Stopped" if event.stopped else "Finished"
         self.status_label.setText(f"{how} after {event.steps} steps in {event.seconds:.0f} s")
         self.checkpoint_label.setText(f"Checkpoint: {self.last_checkpoint}")
@@ -694,6 +1029,8 @@ class FinetuneWidget(QWidget):
         self.last_stall_ms = self.stall.stop()
         if not self._state.alive:
             return
+        if not self.preview.running:
+            self.preview.drop_placeholder()  # the run ended before its first preview
         self.run_button.setText("Finetune")
         self.run_button.setEnabled(True)
 

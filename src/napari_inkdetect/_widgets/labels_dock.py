@@ -26,7 +26,21 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_inkdetect._napari_layers import is_derived, labels_kwargs
+from napari_inkdetect._napari_layers import (
+    DENSE_BOXES,
+    MASK,
+    ROLE_KEY,
+    TRAIN,
+    TRUTH,
+    VALIDATION,
+    is_derived,
+    is_trainable,
+    labels_kwargs,
+    labels_role_from_name,
+    layer_role,
+)
+from napari_inkdetect._widgets._form import spin
+from napari_inkdetect._widgets._settings import DockSettings
 from napari_inkdetect._writer import write_labels_layer
 from napari_inkdetect.errors import InkDetectError, LabelsError
 from napari_inkdetect.io.labels import (
@@ -47,7 +61,6 @@ if TYPE_CHECKING:
 COUNTS_DELAY_MS = 300  # a bincount over a 13k x 17k layer takes ~0.3 s: run it once painting stops
 BRUSH_SIZE = 20  # data px: about one crackle stroke wide, small enough for letter edges
 SEGMENT_KEY = "inkdetect_segment"
-ROLE_KEY, DENSE_BOXES = "inkdetect_role", "dense_boxes"  # Shapes metadata: what the layer is
 LABELS_KEY = "inkdetect_labels"  # Shapes metadata: the name of the labels layer it fills
 BOX_EDGE_WIDTH = 4  # data px: visible over a whole segment, thin enough to aim a corner
 HELP = (
@@ -101,6 +114,7 @@ class CrackleLabelsWidget(QWidget):
         self._timer.setInterval(COUNTS_DELAY_MS)
         self._timer.timeout.connect(self.update_counts)
         self._build()
+        self.settings = DockSettings(self, "labels", {"brush": self.brush_spin})
         layers = self.viewer.layers
         layers.events.inserted.connect(self._on_layers_changed)
         layers.events.removed.connect(self._on_layers_changed)
@@ -113,22 +127,55 @@ class CrackleLabelsWidget(QWidget):
         self.volume_combo = QComboBox()
         self.labels_combo = QComboBox()
         self.new_button = QPushButton("New crackle labels")
+        self.new_button.setToolTip("labels to train on (the Finetune dock picks them)")
+        self.new_val_button = QPushButton("New validation labels")
+        self.new_val_button.setToolTip(
+            "held-out labels the Finetune dock scores on instead of the automatic split"
+        )
         self.load_button = QPushButton("Load…")
+        self.load_button.setToolTip(
+            "add labels from a PNG/TIFF: 0/1/2, a Kaggle binary inklabels.png (inside the "
+            "segment's mask) or a villa <id>_inklabels.png pair"
+        )
         self.save_button = QPushButton("Save…")
+        self.save_button.setToolTip(
+            "save the chosen labels: <id>_inklabels.png writes the villa pair (+ "
+            "_supervision_mask.png), any other name 0 unlabelled / 1 ink / 2 not ink"
+        )
         self.boxes_button = QPushButton("New dense boxes")
+        self.boxes_button.setToolTip(
+            "a rectangles layer over the chosen labels: draw one around each painted letter"
+        )
         self.fill_button = QPushButton("Fill boxes (not ink where not painted)")
+        self.fill_button.setToolTip(
+            "every unpainted papyrus pixel inside the dense boxes becomes not ink (2), so the "
+            "model learns where ink stops; Ctrl+Z undoes"
+        )
         self.counts_label = QLabel()
         self.help_label = QLabel(HELP)
         self.help_label.setWordWrap(True)
         form = QFormLayout()
+        self.brush_spin = spin(1, 500, BRUSH_SIZE)
+        self.brush_spin.setSuffix(" px")
+        self.brush_spin.setToolTip(
+            "brush diameter of new labels layers (volume pixels; [ and ] change a layer's own)"
+        )
+        self.volume_combo.setToolTip("the volume new and loaded labels align with (its Y/X)")
+        self.labels_combo.setToolTip(
+            "the labels layer counted, saved and filled (selecting one in the layer list too)"
+        )
         form.addRow("Volume", self.volume_combo)
         form.addRow("Labels", self.labels_combo)
+        form.addRow("Brush", self.brush_spin)
         files = QHBoxLayout()
         files.addWidget(self.load_button)
         files.addWidget(self.save_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.new_button)
+        new = QHBoxLayout()
+        new.addWidget(self.new_button)
+        new.addWidget(self.new_val_button)
+        layout.addLayout(new)
         layout.addLayout(files)
         boxes = QHBoxLayout()
         boxes.addWidget(self.boxes_button)
@@ -138,6 +185,7 @@ class CrackleLabelsWidget(QWidget):
         layout.addWidget(self.help_label)
         layout.addStretch()
         self.new_button.clicked.connect(self.new_labels)
+        self.new_val_button.clicked.connect(self.new_validation_labels)
         self.load_button.clicked.connect(self._on_load_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)
         self.boxes_button.clicked.connect(self.new_dense_boxes)
@@ -166,9 +214,10 @@ class CrackleLabelsWidget(QWidget):
         _fill(self.volume_combo, volumes)
         labels = [ly for ly in self.viewer.layers if isinstance(ly, Labels) and not is_derived(ly)]
         # paintable labels first: a mask or an answer key is rarely what the user paints
-        labels.sort(key=lambda ly: ly.name.endswith((" mask", " truth")))
+        labels.sort(key=lambda ly: layer_role(ly) in (MASK, TRUTH) or not is_trainable(ly))
         _fill(self.labels_combo, labels)
         self.new_button.setEnabled(bool(volumes))
+        self.new_val_button.setEnabled(bool(volumes))
 
     def _on_active_changed(self, event: Any = None) -> None:
         """Follow the layer list: selecting a Labels layer makes it the one counted."""
@@ -213,12 +262,21 @@ class CrackleLabelsWidget(QWidget):
     # -- actions -------------------------------------------------------------------------------
 
     def new_labels(self) -> Labels | None:
-        """An empty labels layer over the volume's Y/X, ready to paint ink."""
+        """An empty labels layer over the volume's Y/X, ready to paint ink; its role
+        ``train`` makes it the Finetune dock's training labels."""
+        return self._new_empty(TRAIN, "crackle labels")
+
+    def new_validation_labels(self) -> Labels | None:
+        """An empty labels layer for held-out validation: role ``validation`` makes it the
+        Finetune dock's validation labels (instead of the automatic split)."""
+        return self._new_empty(VALIDATION, "validation labels")
+
+    def _new_empty(self, role: str, kind: str) -> Labels | None:
         volume = self._require_volume()
         if volume is None:
             return None
         data = np.zeros(_plane_shape(volume), np.uint8)
-        return self._add(data, f"{volume.name} crackle labels", volume, {})
+        return self._add(data, f"{volume.name} {kind}", volume, {ROLE_KEY: role})
 
     def load(self, path: str | Path) -> Labels | None:
         """Add labels from a file (0/1/2, Kaggle binary with the segment's mask, or villa pair)."""
@@ -231,7 +289,8 @@ class CrackleLabelsWidget(QWidget):
         except (InkDetectError, OSError) as err:
             show_error(str(err))
             return None
-        return self._add(data, path.stem, volume, {"source": str(path)})
+        meta = {"source": str(path), ROLE_KEY: labels_role_from_name(path.stem)}
+        return self._add(data, path.stem, volume, meta)
 
     def save(self, path: str | Path) -> list[Path]:
         """Write the chosen layer: villa pair for ``*_inklabels.png``, 0/1/2 otherwise."""
@@ -308,7 +367,7 @@ class CrackleLabelsWidget(QWidget):
             scale=volume.scale[-2:],
             translate=volume.translate[-2:],
         )
-        layer.brush_size = BRUSH_SIZE
+        layer.brush_size = self.brush_spin.value()
         paint_ink(layer)
         self._select(layer)
         return layer

@@ -3,9 +3,10 @@
 Thin by design: the dock maps widget values to a :class:`~napari_inkdetect.inference.
 PredictConfig`; :class:`PredictionRunner` runs the engine's ``predict`` (or the cluster driver)
 in a thread worker and refreshes the zarr-backed overlay as chunks land. The overlay has one
-plane per start layer placed on the volume's depth axis, so the depth slider at ``z`` shows
-the prediction whose window starts at layer ``z``. Threshold, metrics and the depth profile
-are views of what is on disk.
+plane per window placed on the volume's depth axis at the window's centre, so the depth
+slider at ``z`` shows the prediction of the window centred on layer ``z`` (the band is chosen
+as window centres too: :mod:`napari_inkdetect.windows`). Threshold, metrics and the depth
+profile are views of what is on disk.
 """
 
 from __future__ import annotations
@@ -40,9 +41,19 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_inkdetect._napari_layers import DERIVED_KEY, is_derived
-from napari_inkdetect._widgets._form import combo, fill_names, spin
+from napari_inkdetect._napari_layers import (
+    DERIVED_KEY,
+    MASK,
+    TRUTH,
+    VALIDATION,
+    VOLUME,
+    is_derived,
+    layer_role,
+    names_with_role,
+)
+from napari_inkdetect._widgets._form import LayerChoice, combo, fill_names, spin
 from napari_inkdetect._widgets._runs import Throttle, make_room_in_thread_pool, session
+from napari_inkdetect._widgets._settings import DockSettings
 from napari_inkdetect._widgets.prediction_overlay import (
     PredictionRunner,
     camera_of,
@@ -59,6 +70,7 @@ from napari_inkdetect.inference import (
 )
 from napari_inkdetect.metrics import score
 from napari_inkdetect.models.checkpoints import read_checkpoint_metadata, recommended_threshold
+from napari_inkdetect.windows import centre_bounds, window_centre, window_start
 
 if TYPE_CHECKING:
     import napari
@@ -77,7 +89,8 @@ CALIBRATED = "the checkpoint's validation"
 
 
 class ProfilePlot(QWidget):
-    """Mean ink probability per start layer: at which depth the ink lights up."""
+    """Mean ink probability per window, at its centre layer: at which depth the ink lights up
+    (``starts`` are the windows' centres, as the depth slider shows them)."""
 
     COLOR = QColor("#ffa040")
 
@@ -89,17 +102,17 @@ class ProfilePlot(QWidget):
         self.current: int | None = None
 
     def set_profile(self, starts: tuple[int, ...], means: np.ndarray) -> None:
-        """Show ``means[i]`` (0..1) at start layer ``starts[i]``."""
+        """Show ``means[i]`` (0..1) at window centre ``starts[i]``."""
         self.starts, self.means = tuple(starts), np.asarray(means, float)
         self.update()
 
     def set_current(self, start: int | None) -> None:
-        """Mark the start layer the depth slider shows."""
+        """Mark the window centre the depth slider shows."""
         self.current = start
         self.update()
 
     def paintEvent(self, event: Any) -> None:
-        """Axes box, polyline with dots, the slider's start layer, and the peak's label."""
+        """Axes box, polyline with dots, the slider's window centre, and the peak's label."""
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         font_h = painter.fontMetrics().height()
@@ -107,7 +120,7 @@ class ProfilePlot(QWidget):
         painter.setPen(QPen(QColor("#808080")))
         painter.drawRect(plot)
         if not self.starts:
-            painter.drawText(plot, Qt.AlignmentFlag.AlignCenter, "mean ink per start layer")
+            painter.drawText(plot, Qt.AlignmentFlag.AlignCenter, "mean ink per window centre")
             return
         # the spread between depths is what matters: scale min..max (at least 0.02 tall)
         bottom, top = float(self.means.min()), float(self.means.max())
@@ -132,11 +145,11 @@ class ProfilePlot(QWidget):
         painter.setPen(QPen(QColor("#d0d0d0")))
         painter.drawText(
             QPointF(6, font_h),
-            f"mean ink: peak {self.means[peak]:.2f} at start layer {self.starts[peak]}",
+            f"mean ink: peak {self.means[peak]:.2f} at window centre {self.starts[peak]}",
         )
         painter.drawText(
             QPointF(6, self.height() - 4),
-            f"start layer {lo} .. {self.starts[-1]}   (scale {bottom:.2f} .. {top:.2f})",
+            f"window centre {lo} .. {self.starts[-1]}   (scale {bottom:.2f} .. {top:.2f})",
         )
 
 
@@ -187,7 +200,38 @@ class PredictWidget(QWidget):
         if self.session.last_checkpoint is not None:
             self._on_checkpoint_finetuned(self.session.last_checkpoint)
         self._connect()
+        self.settings = DockSettings(self, "predict", self._kept_controls())
+        self._restore_checkpoint()
         self.destroyed.connect(self.runner.shutdown)
+
+    def _kept_controls(self) -> dict[str, QWidget]:
+        """What the dock remembers between sessions (not the layers, the window centres or
+        the threshold: they follow the segment and the checkpoint)."""
+        return {
+            "device": self.device_combo,
+            "region": self.region_combo,
+            "stride": self.stride_spin,
+            "depth": self.direction_combo,
+            "tta": self.tta_check,
+            "output": self.out_edit,
+            "batch": self.batch_spin,
+            "view_limit": self.max_view_spin,
+            "stored_as": self.dtype_combo,
+            "run_on": self.run_on_combo,
+            "workers": self.workers_spin,
+            "scheduler": self.address_edit,
+            "min_blob": self.min_size_spin,
+            "outline": self.outline_check,
+        }
+
+    def _restore_checkpoint(self) -> None:
+        """Last session's checkpoint, while the file exists and no finetune of this session
+        gave one; the one in use is saved as it changes."""
+        key, text = "predict/checkpoint", self.settings.stored("checkpoint")
+        if self.session.last_checkpoint is None and text and Path(text).is_file():
+            self.checkpoint_edit.setText(text)
+            self._on_checkpoint_edited(force=True)
+        self.checkpoint_edit.textChanged.connect(lambda t: self.settings.store.setValue(key, t))
 
     # ------------------------------------------------------------------ layout
 
@@ -197,6 +241,9 @@ class PredictWidget(QWidget):
         layout.addWidget(self._advanced_section())
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Predict")
+        self.run_button.setToolTip(
+            "predict the region into an overlay layer, chunk by chunk; Stop keeps finished chunks"
+        )
         self.follow_check = QCheckBox("Follow view")
         self.follow_check.setToolTip("predict the view each time it rests (live mode)")
         buttons.addWidget(self.run_button, 1)
@@ -219,23 +266,34 @@ class PredictWidget(QWidget):
     def _input_form(self) -> QFormLayout:
         form = QFormLayout()
         self.volume_combo = QComboBox()
+        self.volume_combo.setToolTip("the segment to predict (opened by napari-inkdetect)")
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("the last finetuned checkpoint, or browse")
+        self.checkpoint_edit.setToolTip("the model to predict with (.safetensors, .pt, ... file)")
         self.browse_checkpoint = QPushButton("...")
+        self.browse_checkpoint.setToolTip("choose the checkpoint file")
         self.browse_checkpoint.setMaximumWidth(30)
         ckpt_row = QHBoxLayout()
         ckpt_row.addWidget(self.checkpoint_edit, 1)
         ckpt_row.addWidget(self.browse_checkpoint)
         self.region_combo = combo(REGIONS, REGIONS[0])
+        self.region_combo.setToolTip(
+            "what to predict: the view (at most 'View limit' px a side), the last rectangle of "
+            "a Shapes layer, or the papyrus mask's bounding box"
+        )
         self.shapes_combo = QComboBox()
+        self.shapes_combo.setToolTip("the Shapes layer whose last rectangle is the region")
         region_row = QHBoxLayout()
         region_row.addWidget(self.region_combo, 1)
         region_row.addWidget(self.shapes_combo, 1)
-        self.start_from = spin(0, 0, 0)
-        self.start_to = spin(0, 0, 0)
-        self.start_step = spin(1, 64, 2)
+        self.centre_from = spin(0, 0, 0)
+        self.centre_to = spin(0, 0, 0)
+        self.centre_step = spin(1, 64, 2)
+        self.centre_step.setToolTip("layers between the predicted windows' centres")
+        self._window_layers = 22  # the checkpoint's window length, once it is read
+        self._show_band()
         starts_row = QHBoxLayout()
-        parts = ((self.start_from, None), (self.start_to, "to"), (self.start_step, "step"))
+        parts = ((self.centre_from, None), (self.centre_to, "to"), (self.centre_step, "step"))
         for widget, text in parts:
             if text:
                 starts_row.addWidget(QLabel(text))
@@ -244,14 +302,18 @@ class PredictWidget(QWidget):
         self.stride_spin.setSpecialValueText("tile / 2")
         self.stride_spin.setToolTip("model pixels between tiles (smaller: smoother, slower)")
         self.device_combo = combo(available_devices())
+        self.device_combo.setToolTip("where the model runs")
         self.direction_combo = combo(DIRECTIONS, "auto")
         self.direction_combo.setToolTip("auto: the checkpoint's depth order")
         self.tta_check = QCheckBox("TTA (flips + rotations, 8x slower)")
+        self.tta_check.setToolTip(
+            "test-time augmentation: the mean over 8 flipped and rotated copies of each tile"
+        )
         for label, widget in (
             ("Volume", self.volume_combo),
             ("Checkpoint", ckpt_row),
             ("Region", region_row),
-            ("Start layers", starts_row),
+            ("Window centres", starts_row),
             ("Stride", self.stride_spin),
             ("Device", self.device_combo),
             ("Depth", self.direction_combo),
@@ -262,19 +324,31 @@ class PredictWidget(QWidget):
 
     def _advanced_section(self) -> QCollapsible:
         self.advanced = QCollapsible("Advanced")
+        self.advanced.findChild(QPushButton).setToolTip(  # its toggle, the only button yet
+            "output folder, batch, view limit, storage type and where the work runs"
+        )
         inner = QWidget()
         form = QFormLayout(inner)
         form.setContentsMargins(0, 0, 0, 0)
         self.out_edit = QLineEdit(str(DEFAULT_OUT))
         self.out_edit.setToolTip("predictions are kept here as zarr (open one to restore it)")
         self.batch_spin = spin(1, 1024, 8)
+        self.batch_spin.setToolTip("tiles per forward pass (tiles); fewer need less memory")
         self.max_view_spin = spin(128, 65536, 2048, 256)
         self.max_view_spin.setToolTip("largest side predicted for 'Current view' (volume px)")
         self.dtype_combo = combo(("uint8", "float16"), "uint8")
+        self.dtype_combo.setToolTip(
+            "probabilities on disk: uint8 (0..255, half the size) or float16 (0..1)"
+        )
         self.run_on_combo = combo(RUN_ON, RUN_ON[0])
+        self.run_on_combo.setToolTip(
+            "a thread of napari, local dask worker processes, or an existing dask scheduler"
+        )
         self.workers_spin = spin(1, 256, 2)
+        self.workers_spin.setToolTip("local dask worker processes ('Run on: local workers')")
         self.address_edit = QLineEdit()
         self.address_edit.setPlaceholderText("tcp://scheduler:8786 (shared filesystem)")
+        self.address_edit.setToolTip("the dask scheduler's address ('Run on: scheduler')")
         for label, widget in (
             ("Output folder", self.out_edit),
             ("Batch", self.batch_spin),
@@ -306,9 +380,13 @@ class PredictWidget(QWidget):
         self.min_size_spin.setSpecialValueText("keep all")
         self.min_size_spin.setToolTip("drop thresholded blobs smaller than this (px)")
         self.val_combo = QComboBox()
+        self.val_combo.setToolTip(
+            "labels to score the shown window against (F0.5, precision, recall at the threshold)"
+        )
         self.metrics_label = QLabel("")
         self.metrics_label.setWordWrap(True)
         self.best_button = QPushButton("use best")
+        self.best_button.setToolTip("move the threshold to the best F0.5 against those labels")
         self.best_button.setEnabled(False)
         metrics_row = QHBoxLayout()
         metrics_row.addWidget(self.metrics_label, 1)
@@ -331,6 +409,8 @@ class PredictWidget(QWidget):
         camera.events.zoom.connect(self._on_view_changed)
         self.session.checkpoint_changed.connect(self._on_checkpoint_finetuned)
         self.volume_combo.currentIndexChanged.connect(self._on_volume_changed)
+        self.centre_from.valueChanged.connect(self._show_band)
+        self.centre_to.valueChanged.connect(self._show_band)
         self.region_combo.currentIndexChanged.connect(self._on_region_mode_changed)
         self.browse_checkpoint.clicked.connect(self._choose_checkpoint)
         self.checkpoint_edit.editingFinished.connect(self._on_checkpoint_edited)
@@ -352,16 +432,30 @@ class PredictWidget(QWidget):
     # ------------------------------------------------------------------ widget state
 
     def _refresh_layers(self, event: Any = None) -> None:
-        volumes = [x.name for x in self.viewer.layers if SEGMENT_KEY in x.metadata]
-        volumes = [n for n in volumes if isinstance(self.viewer.layers[n], Image)]
-        shapes = [x.name for x in self.viewer.layers if isinstance(x, Shapes)]
+        """Refill the layer combos by role: volumes (role ``volume`` first), and labels to
+        compare to (``validation``, else ``truth``; never a mask or a derived layer). A
+        fallback choice gives way when a layer of the right role arrives."""
+        layers = list(self.viewer.layers)
+        volumes = [x for x in layers if isinstance(x, Image) and SEGMENT_KEY in x.metadata]
+        volumes.sort(key=lambda x: layer_role(x) != VOLUME)
+        names = [x.name for x in volumes]
+        LayerChoice.of(self.volume_combo).fill(names, names, keep=names_with_role(volumes, VOLUME))
+        volume = self._layer(self.volume_combo)
+        segment = volume.metadata.get(SEGMENT_KEY) if volume is not None else None
+        shapes = [x.name for x in layers if isinstance(x, Shapes)]
         labels = [
-            x.name for x in self.viewer.layers if isinstance(x, Labels) and not is_derived(x)
+            x
+            for x in layers
+            if isinstance(x, Labels) and not is_derived(x) and layer_role(x) != MASK
         ]
-        val = [n for n in labels if "validation" in n] + [n for n in labels if "truth" in n]
-        fill_names(self.volume_combo, volumes, volumes[:1])
+        loose = [x.name for x in labels if layer_role(x) is None]
+        val = names_with_role(labels, VALIDATION, segment)  # held out: the honest score
+        fallback = names_with_role(labels, TRUTH, segment)  # dense, but trained letters too
+        fallback += [n for n in loose if "validation" in n] + [n for n in loose if "truth" in n]
         fill_names(self.shapes_combo, shapes, shapes[-1:])
-        fill_names(self.val_combo, [NO_LABELS, *labels], val[:1] or [NO_LABELS])
+        LayerChoice.of(self.val_combo).fill(
+            [NO_LABELS, *(x.name for x in labels)], [*val, *fallback, NO_LABELS], keep=val
+        )
 
     def _on_layer_removed(self, event: Any = None) -> None:
         """A removed overlay stops the run drawing into it; a removed volume stops it too."""
@@ -377,15 +471,15 @@ class PredictWidget(QWidget):
         return next((layer for layer in self.viewer.layers if layer.name == name), None)
 
     def _on_volume_changed(self, *_: Any) -> None:
-        """A different volume: its depth bounds the start layers (defaults set anew)."""
+        """A different volume: its depth bounds the window centres (defaults set anew)."""
         volume = self._layer(self.volume_combo)
         if volume is self._volume:
             return
         self._volume = volume
         depth = int(volume.data.shape[0]) if volume is not None and volume.ndim == 3 else 1
-        for box in (self.start_from, self.start_to):
+        for box in (self.centre_from, self.centre_to):
             box.setMaximum(max(0, depth - 1))
-        self._default_start_layers()
+        self._default_centres()
 
     def _on_region_mode_changed(self, *_: Any) -> None:
         self.shapes_combo.setEnabled(self.region_combo.currentText() == "Shapes rectangle")
@@ -402,10 +496,10 @@ class PredictWidget(QWidget):
             self._on_checkpoint_edited(force=True)
 
     def _on_checkpoint_edited(self, force: bool = False) -> None:
-        """Start layers around the trained window, the threshold the checkpoint was
+        """Window centres around the trained window's, the threshold the checkpoint was
         calibrated at (``force``: even when it is the one already recommended)."""
         meta = self._checkpoint_meta()
-        self._default_start_layers(meta)
+        self._default_centres(meta)
         self.set_recommended_threshold(recommended_threshold(meta), force=force)
 
     def _checkpoint_meta(self) -> dict[str, Any]:
@@ -425,17 +519,60 @@ class PredictWidget(QWidget):
             start = self.session.training_start_layer
         return start, int(meta.get("in_layers") or 22)
 
-    def _default_start_layers(self, meta: dict[str, Any] | None = None) -> None:
-        """A band of about +-6 layers around the trained start layer (or the depth slider),
-        on the step's grid through that layer, so the trained window itself is predicted."""
+    def _default_centres(self, meta: dict[str, Any] | None = None) -> None:
+        """A band of about +-6 layers around the trained window's centre (or the depth
+        slider), on the step's grid through it, so the trained window itself is predicted;
+        only centres whose window fits in the volume."""
         volume = self._layer(self.volume_combo)
         depth = int(volume.data.shape[0]) if volume is not None and volume.ndim == 3 else 1
         start, layers = self._checkpoint_window(meta)
-        last = max(0, depth - layers)
-        centre = min(last, start if start is not None else int(self.viewer.dims.current_step[0]))
-        step = self.start_step.value()
-        self.start_from.setValue(centre - step * (min(6, centre) // step))
-        self.start_to.setValue(centre + step * (min(6, last - centre) // step))
+        self._window_layers = layers
+        first, last = centre_bounds(depth, layers)
+        slider = int(self.viewer.dims.current_step[0])
+        centre = window_centre(start, layers) if start is not None else slider
+        centre = min(last, max(first, centre))
+        step = self.centre_step.value()
+        self.centre_from.setValue(centre - step * (min(6, centre - first) // step))
+        self.centre_to.setValue(centre + step * (min(6, last - centre) // step))
+        self._show_band()
+
+    def set_centre_band(self, lo: int, hi: int, through: int | None = None) -> None:
+        """Predict the windows centred on ``lo..hi`` (inclusive); with ``through``, trimmed to
+        the step's grid through that centre."""
+        lo, hi = sorted((int(lo), int(hi)))
+        if through is not None and lo <= through <= hi:
+            step = self.centre_step.value()
+            lo, hi = (
+                through - step * ((through - lo) // step),
+                through + step * ((hi - through) // step),
+            )
+        self.centre_from.setValue(lo)
+        self.centre_to.setValue(hi)
+        self._show_band()
+
+    def set_start_band(
+        self, lo: int, hi: int, through: int | None = None, layers: int | None = None
+    ) -> None:
+        """Predict the windows starting at ``lo..hi`` (inclusive; e.g. the band Find ink depth
+        proposes), shown and kept as their centres: ``layers`` long (default: the
+        checkpoint's window); with ``through``, on the step's grid through that start."""
+        n = int(layers) if layers is not None else self._window_layers
+        self.set_centre_band(
+            window_centre(lo, n),
+            window_centre(hi, n),
+            None if through is None else window_centre(through, n),
+        )
+
+    def _show_band(self, *_: Any) -> None:
+        """The band's tooltips name the windows' layers."""
+        n = self._window_layers
+        for box, which in ((self.centre_from, "first"), (self.centre_to, "last")):
+            first = window_start(box.value(), n)
+            box.setToolTip(
+                f"centre layer of the {which} window to predict (the depth slider shows it "
+                f"there): the {n}-layer window centred on c is layers [c - {n // 2}, "
+                f"c - {n // 2} + {n}) = {first}-{first + n - 1}"
+            )
 
     # ------------------------------------------------------------------ config
 
@@ -468,17 +605,17 @@ class PredictWidget(QWidget):
         checkpoint = self.checkpoint_edit.text().strip()
         if not checkpoint:
             raise InkDetectError("choose a checkpoint (finetune one, or browse for a file)")
-        lo, hi = self.start_from.value(), self.start_to.value()
+        lo, hi = self.centre_from.value(), self.centre_to.value()
         if hi < lo:
-            raise InkDetectError(f"start layers {lo} to {hi}: the first is after the last")
+            raise InkDetectError(f"window centres {lo} to {hi}: the first is after the last")
         region = self.region() if region == "widget" else region
-        starts = f"{lo}:{hi + 1}:{self.start_step.value()}"
+        centres = f"{lo}:{hi + 1}:{self.centre_step.value()}"
         config = PredictConfig(
             segment=str(volume.metadata[SEGMENT_KEY]),
             checkpoint=checkpoint,
             out="",
             region=region,
-            start_layers=starts,
+            centre_layers=centres,
             stride=self.stride_spin.value() or None,
             batch_size=self.batch_spin.value(),
             device=self.device_combo.currentText(),
@@ -582,8 +719,8 @@ class PredictWidget(QWidget):
             self.progress.setValue(0)
             done = f", {event.done_chunks} already done" if event.done_chunks else ""
             self.status_label.setText(
-                f"Predicting {event.shape[1]} x {event.shape[2]} px x {event.shape[0]} start "
-                f"layers on {event.device} ({event.total_chunks} chunks{done})"
+                f"Predicting {event.shape[1]} x {event.shape[2]} px x {event.shape[0]} windows "
+                f"on {event.device} ({event.total_chunks} chunks{done})"
             )
             self._threshold_from_overlay()
             self._on_slider_moved()
@@ -601,7 +738,7 @@ class PredictWidget(QWidget):
             )
         profile = self.runner.profile
         if profile is not None and profile.count:
-            self.profile_plot.set_profile(profile.start_layers, profile.means)
+            self.profile_plot.set_profile(profile.centre_layers, profile.means)
         if not isinstance(event, BatchDone):
             self._schedule_metrics()
 
@@ -639,9 +776,9 @@ class PredictWidget(QWidget):
         layer = self.overlay()
         if layer is None:
             return None
-        starts = layer.metadata["start_layers"]
+        centres = _centres(layer.metadata)
         z = int(self.viewer.dims.current_step[0])
-        return starts.index(z) if z in starts else None
+        return centres.index(z) if z in centres else None
 
     @property
     def threshold(self) -> float:
@@ -651,7 +788,7 @@ class PredictWidget(QWidget):
         index = self.current_index()
         layer = self.overlay()
         self.profile_plot.set_current(
-            layer.metadata["start_layers"][index] if index is not None else None
+            _centres(layer.metadata)[index] if index is not None else None
         )
         self._schedule_metrics()
 
@@ -748,7 +885,9 @@ class PredictWidget(QWidget):
         if layer is None or labels is None or index is None:
             waiting = layer is not None and labels is not None  # the slider is off the overlay
             self.metrics_label.setText(
-                "move the depth slider onto a predicted start layer to score it" if waiting else ""
+                "move the depth slider onto a predicted window centre to score it"
+                if waiting
+                else ""
             )
             self.best_button.setEnabled(False)
             return
@@ -790,6 +929,12 @@ class PredictWidget(QWidget):
         scores = getattr(self, "scores", None)
         if scores is not None:
             self.threshold_slider.setValue(round(scores.best_threshold * 100))
+
+
+def _centres(metadata: dict[str, Any]) -> list[int]:
+    """The overlay planes' window centres (the layers the depth slider shows them at)."""
+    layers = int(metadata.get("window_length") or 22)
+    return [window_centre(s, layers) for s in metadata["start_layers"]]
 
 
 def threshold_mask(data: Any, threshold: float, min_size: int = 0) -> Any:

@@ -8,7 +8,6 @@ preview while training). The engine writes every finished chunk to its zarr befo
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,13 @@ from napari.layers import Image
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QTimer
 
-from napari_inkdetect._napari_layers import prediction_layers
+from napari_inkdetect._napari_layers import (
+    INK_COLORMAP,
+    PREDICTION,
+    PREVIEW,
+    ROLE_KEY,
+    prediction_layers,
+)
 from napari_inkdetect._widgets._runs import (
     RunState,
     StallMeter,
@@ -28,6 +33,7 @@ from napari_inkdetect._widgets._runs import (
 )
 from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.inference import (
+    LEVELS_ABOVE,
     BatchDone,
     ChunkDone,
     PredictConfig,
@@ -35,6 +41,7 @@ from napari_inkdetect.inference import (
     PredictStarted,
     predict,
 )
+from napari_inkdetect.windows import window_centre
 
 REFRESH_MS = 250  # at most 4 refreshes a second: each re-reads the visible plane from disk
 EventSource = Callable[[PredictConfig, threading.Event], Iterator[Any]]
@@ -88,13 +95,16 @@ def canvas_size(viewer: Any) -> tuple[int, int]:
 
 
 class ProfileAccumulator:
-    """Mean ink probability per start layer over the papyrus of the chunks seen so far.
+    """Mean ink probability per window over the papyrus of the chunks seen so far; the
+    windows are named by ``start_layers`` and, as the depth slider shows them, by
+    ``centre_layers`` (``start + window_length // 2``).
 
     Pixels where every start layer is 0 are off the mask (the engine writes 0 there).
     """
 
-    def __init__(self, start_layers: tuple[int, ...], scale: float) -> None:
+    def __init__(self, start_layers: tuple[int, ...], scale: float, window_length: int) -> None:
         self.start_layers = tuple(start_layers)
+        self.centre_layers = tuple(window_centre(s, window_length) for s in self.start_layers)
         self.sums = np.zeros(len(start_layers))
         self.count = 0
         self.scale = scale
@@ -119,6 +129,8 @@ class PredictionRunner(QObject):
     in a thread worker; ``stop()`` asks it to stop after the current batch (finished chunks
     stay on disk). ``on_event`` sees every engine event on the GUI thread; ``on_done`` is
     called once the worker has finished, with the ``PredictFinished`` event or ``None``.
+    The layers' role (metadata) is ``role``: by default ``preview`` for the one-plane
+    (``two_d``) training preview, else ``prediction`` (what Export offers).
     """
 
     def __init__(
@@ -128,11 +140,13 @@ class PredictionRunner(QObject):
         on_done: Callable[[PredictFinished | None], None] | None = None,
         two_d: bool = False,
         parent: QObject | None = None,
+        role: str | None = None,
     ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.on_event, self.on_done = on_event, on_done
         self.two_d = two_d
+        self.role = role or (PREVIEW if two_d else PREDICTION)
         self.worker: StoppableWorker | None = None
         self.layers: list[Any] = []
         self.profile: ProfileAccumulator | None = None
@@ -145,6 +159,9 @@ class PredictionRunner(QObject):
         self._name: str | None = None
         self._refresh_pending = False
         self._last_refresh = 0.0
+        #: (layer or None to add one, data, kwargs): hidden layers set up after the run
+        self._pending: list[tuple[Any, Any, dict[str, Any]]] = []
+        self._placeholder: Image | None = None  # prepare()'s layer, until a run shows in it
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.refresh)
@@ -165,6 +182,8 @@ class PredictionRunner(QObject):
             raise InkDetectError("a prediction is already running: stop it first")
         self._volume, self._name = volume, name
         self.finished, self.error, self.profile = None, None, None
+        if not self.two_d and not _multiscale_output(config, volume):
+            self.prepare(volume, name)  # the click pays for the layer, not the stream
         worker, self._state.stop = stoppable_worker(
             relay,
             source,
@@ -199,6 +218,7 @@ class PredictionRunner(QObject):
             volume_scale=tuple(volume.scale),
             volume_translate=tuple(volume.translate),
             max_projection=not self.two_d,
+            role=self.role,
         )
         if self.two_d:
             data, kwargs, _ = tuples[0]
@@ -207,28 +227,70 @@ class PredictionRunner(QObject):
             for i, (_, kwargs, _) in enumerate(tuples):
                 kwargs["name"] = self._name if i == 0 else f"{self._name} {kwargs['name']}"
         alive = [layer for layer in self.layers if layer in self.viewer.layers]
+        placeholder, self._placeholder = self._placeholder, None
+        if not alive and placeholder is not None and placeholder in self.viewer.layers:
+            alive = [placeholder]
         same_kind = all(
             layer.multiscale == bool(kwargs.get("multiscale"))
             for layer, (_, kwargs, _) in zip(alive, tuples, strict=False)
         )
-        if len(alive) == len(tuples) and same_kind:
-            for layer, (data, kwargs, _) in zip(alive, tuples, strict=True):
-                _update(layer, data, kwargs)
-        else:
+        if not same_kind:
             for layer in alive:
                 self.viewer.layers.remove(layer)
-            # napari spends 100-250 ms adding a layer (controls, vispy node): one per event-loop
-            # turn, so the GUI never stalls for all of them at once
-            data, kwargs, _ = tuples[0]
-            self.layers = [self.viewer.add_image(data, **kwargs)]
-            for data, kwargs, _ in tuples[1:]:
-                QTimer.singleShot(0, functools.partial(self._add_later, data, kwargs))
+            alive = []
+        # napari spends 200-500 ms adding a layer (vispy visuals, controls) and 50-100 ms
+        # pointing one at new data, stalls however they are split. So the overlay is the
+        # layer prepare() made or the last run's (else added now); hidden layers (the max
+        # projection, refreshed only at the end anyway) are added or updated after the run.
+        self.layers, self._pending = [], []
+        for i, (data, kwargs, _) in enumerate(tuples):
+            layer = alive[i] if i < len(alive) else None
+            if i == 0 and layer is None:
+                self.layers.append(add_image_quietly(self.viewer, data, kwargs))
+            elif i == 0 or (layer is not None and layer.visible):
+                _update(layer, data, kwargs)
+                self.layers.append(layer)
+            else:
+                self._pending.append((layer, data, kwargs))
         scale = 255.0 if event.dtype == "uint8" else 1.0
-        self.profile = ProfileAccumulator(event.start_layers, scale)
+        layers = int(tuples[0][1]["metadata"]["window_length"])
+        self.profile = ProfileAccumulator(event.start_layers, scale, layers)
 
-    def _add_later(self, data: Any, kwargs: dict[str, Any]) -> None:
-        if self._state.alive:
-            self.layers.append(self.viewer.add_image(data, **kwargs))
+    def prepare(self, volume: Image, name: str | None = None) -> None:
+        """Add the overlay (or preview) layer now, empty, unless the last run's is still
+        there: e.g. at the Finetune click rather than mid-training at the first preview.
+        Unused, :meth:`drop_placeholder` removes it."""
+        made = [*self.layers, self._placeholder]
+        if any(layer is not None and layer in self.viewer.layers for layer in made):
+            return
+        ndim = 2 if self.two_d else 3
+        kwargs = {
+            "name": name or "ink prediction (starting)",
+            "colormap": INK_COLORMAP,
+            "blending": "translucent",
+            "contrast_limits": (0.0, 255.0),
+            "scale": tuple(volume.scale)[-ndim:],
+            "translate": tuple(volume.translate)[-ndim:],
+            "metadata": {ROLE_KEY: self.role},
+        }
+        data = np.zeros((1,) * ndim, np.uint8)
+        self._placeholder = add_image_quietly(self.viewer, data, kwargs)
+
+    def drop_placeholder(self) -> None:
+        """Remove the layer :meth:`prepare` made if no run has used it."""
+        layer, self._placeholder = self._placeholder, None
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+
+    def _finish_pending(self) -> None:
+        """What :meth:`_show` left for the end of the run: add or update hidden layers."""
+        pending, self._pending = self._pending, []
+        for layer, data, kwargs in pending:
+            if layer is not None and layer in self.viewer.layers:
+                _update(layer, data, kwargs)
+                self.layers.append(layer)
+            elif layer is None:
+                self.layers.append(add_image_quietly(self.viewer, data, kwargs))
 
     def refresh(self, all_layers: bool = False) -> None:
         """Re-read what is on disk (throttled; the max projection only when asked)."""
@@ -275,6 +337,9 @@ class PredictionRunner(QObject):
         self._state.stop = None
         self.worker = None
         self.last_stall_ms = self.stall.stop()
+        if self._state.alive:
+            self.drop_placeholder()  # the run failed before its output existed
+            self._finish_pending()
         if self._state.alive and self.on_done is not None:
             self.on_done(self.finished)
 
@@ -296,11 +361,37 @@ def _flatten(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def add_image_quietly(viewer: Any, data: Any, kwargs: dict[str, Any]) -> Image:
+    """``viewer.add_image`` leaving the selection alone: napari selects a new layer, which
+    rebuilds the layer controls and takes the brush off the labels layer being painted."""
+    layers = viewer.layers
+    activate = getattr(layers, "_activate_on_insert", None)  # napari's switch (private)
+    if activate is not None:
+        layers._activate_on_insert = False
+    try:
+        return viewer.add_image(data, **kwargs)
+    finally:
+        if activate is not None:
+            layers._activate_on_insert = activate
+
+
+def _multiscale_output(config: PredictConfig, volume: Image) -> bool:
+    """Whether the engine will write overview levels (then the overlay is multiscale):
+    judged from the region, or the whole volume plane when the region is the mask's box."""
+    full = volume.level_shapes[0][-2:] if volume.multiscale else volume.data.shape[-2:]
+    region = config.region
+    size = (region[2] - region[0], region[3] - region[1]) if region else full
+    return max(size) > LEVELS_ABOVE
+
+
 def _update(layer: Any, data: Any, kwargs: dict[str, Any]) -> None:
     """Point a layer at a new output, touching only what changed (each set re-slices)."""
     for key in ("scale", "translate"):
         if not np.allclose(getattr(layer, key), kwargs[key]):
             setattr(layer, key, kwargs[key])
+    limits = kwargs.get("contrast_limits")
+    if limits is not None and not np.allclose(layer.contrast_limits, limits):
+        layer.contrast_limits = limits  # a float16 output after a uint8 one (or a placeholder)
     layer.metadata = kwargs["metadata"]
     if layer.name != kwargs["name"]:
         layer.name = kwargs["name"]

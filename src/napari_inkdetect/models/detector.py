@@ -20,6 +20,7 @@ Speed and memory options, each a flag tested against the plain fp32 path:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,31 @@ class InkDetector(nn.Module):
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, width={self.width}"
+
+    @contextlib.contextmanager
+    def calibration_folded(self, slope: float, offset: float) -> Iterator[InkDetector]:
+        """The model predicting ``sigmoid(slope * logit(p) + offset)`` instead of ``p``,
+        for as long as the block lasts (e.g. to save a calibrated checkpoint).
+
+        The ink probability is ``sigmoid(l1 - l0)`` of the last 1x1 convolution's logits;
+        scaling its weights and biases by ``slope`` and adding ``offset`` to the ink bias is
+        exactly that map (the x4 bilinear upsampling after it is linear and keeps constants).
+        The original tensors are put back bit for bit afterwards.
+        """
+        layer = self.decoder.logit
+        if layer.out_channels != 2:
+            raise ValueError("calibration needs the 2-class (background, ink) output")
+        weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
+        with torch.no_grad():
+            layer.weight.mul_(slope)
+            layer.bias.mul_(slope)
+            layer.bias[1] += offset
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                layer.weight.copy_(weight)
+                layer.bias.copy_(bias)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

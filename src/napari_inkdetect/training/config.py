@@ -16,18 +16,22 @@ _PART_ALIASES = {
 }
 #: Fields that may differ when resuming: they do not change what is computed.
 RESUME_FREE = ("resume", "device", "log_every", "prefetch", "augment_in_worker")
-#: Window settings that default to None: the ``init`` checkpoint's, else these values.
+#: Window settings that default to None: the ``init`` checkpoint's, else these values
+#: (``tile`` None: the device preset's, :mod:`~napari_inkdetect.training.presets`).
 WINDOW_DEFAULTS: dict[str, Any] = {
     "layers": 22,
-    "tile": 256,
+    "tile": None,
     "scale": 1.0,
     "depth_direction": "forward",
 }
 #: Settings that default to None: the preset for where training starts
 #: (:func:`~napari_inkdetect.training.init_settings.default_optimisation`).
 PRESET_FIELDS = ("lr", "freeze_batchnorm")
+#: Sizes that default to None: the device preset's (:mod:`~napari_inkdetect.training.presets`;
+#: ``arch`` and ``width`` the ``init`` checkpoint's model when there is one).
+SIZE_FIELDS = ("arch", "width", "batch_size", "steps")
 #: Every setting :func:`~napari_inkdetect.training.init_settings.resolve_init_settings` fills.
-RESOLVED_FIELDS = (*WINDOW_DEFAULTS, "normalisation", *PRESET_FIELDS)
+RESOLVED_FIELDS = (*WINDOW_DEFAULTS, "normalisation", *PRESET_FIELDS, *SIZE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,11 @@ class TrainConfig:
     ``layers``, ``tile``, ``scale``, ``depth_direction`` and ``normalisation`` left None are
     taken from the ``init`` checkpoint (else :data:`WINDOW_DEFAULTS` and the 4th place's
     normalisation); ``lr`` and ``freeze_batchnorm`` left None follow the preset for where
-    training starts. The trainer resolves them before anything else and records the resolved
-    values in the run's ``config.json`` (see :mod:`.init_settings`).
+    training starts; ``arch``, ``width``, ``tile``, ``batch_size`` and ``steps`` left None the
+    preset for the device (:mod:`.presets`: a 1/8-width model on 128 px tiles on a CPU);
+    ``start_layer`` None is the window centred in the volume's depth. The trainer resolves
+    them before anything else and records the resolved values in the run's ``config.json``
+    (see :mod:`.init_settings`).
     """
 
     segment: str
@@ -102,18 +109,18 @@ class TrainConfig:
     out: str
     val_labels: str | None = None
     init: str | None = None
-    arch: str = "resnet10"
-    width: float = 1.0
+    arch: str | None = None  # None: the init checkpoint's, else the device preset's
+    width: float | None = None  # None: the init checkpoint's, else the device preset's
     start_layer: int | None = None  # None: the window centred in the volume's depth
     layers: int | None = None  # None: the init checkpoint's, else 22
     scale: float | None = None  # None: from the init checkpoint and voxel sizes, else 1.0
     depth_scale: bool = False
     depth_direction: str | None = None  # "reverse" flips each window's layer order; None: init's
     normalisation: dict[str, Any] | None = None  # windows.Normalisation.to_dict(); None: init's
-    tile: int | None = None  # None: the init checkpoint's, else 256
-    steps: int = 1000
+    tile: int | None = None  # None: the init checkpoint's, else the device preset's
+    steps: int | None = None  # None: the device preset's
     epochs: float | None = None  # when set: steps = epochs x labelled tiles / batch
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the device preset's (the global batch under DDP)
     lr: float | None = None  # None: the preset for where training starts (init_settings)
     weight_decay: float = 1e-2
     warmup_steps: int | None = None  # None: 5% of the steps
@@ -139,10 +146,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.depth_direction not in (None, "forward", "reverse"):
             raise ConfigError(f"depth_direction {self.depth_direction!r}: use forward/reverse")
-        if self.steps < 1 and self.epochs is None:
+        if self.steps is not None and self.steps < 1 and self.epochs is None:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.width is not None and not self.width > 0:
+            raise ConfigError(f"width must be > 0, got {self.width}")
+        if self.tile is not None and self.tile < 1:
+            raise ConfigError(f"tile must be >= 1, got {self.tile}")
         if not 0 <= self.loss.label_smoothing < 1:
             raise ConfigError(f"label_smoothing {self.loss.label_smoothing} outside 0..1")
         if self.lr is not None and not self.lr > 0:

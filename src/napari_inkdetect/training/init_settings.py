@@ -16,7 +16,10 @@ normalisation); finetuning it in another silently wastes what it learned. So the
 ``scale`` is model pixels per volume pixel: a model trained at 3.24 um applied to 7.91 um data
 needs the volume upscaled by 7.91 / 3.24. An explicit setting always wins; where it contradicts
 the checkpoint a note says so. ``lr`` and ``freeze_batchnorm`` left ``None`` follow
-:func:`default_optimisation`. A resumed run takes the values its ``config.json`` recorded.
+:func:`default_optimisation`; the sizes (``arch``, ``width``, ``tile``, ``batch_size``,
+``steps``) left ``None`` the device preset (:mod:`.presets`), where the checkpoint does not
+fix them (its model, its tile); ``start_layer`` ``None`` becomes the centred window's. A
+resumed run takes the values its ``config.json`` recorded.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from napari_inkdetect.errors import CheckpointError, ConfigError
-from napari_inkdetect.io.segment import FRAGMENT_VOXEL_UM
+from napari_inkdetect.errors import CheckpointError, ConfigError, InkDetectError
+from napari_inkdetect.io.segment import FRAGMENT_VOXEL_UM, open_segment
 from napari_inkdetect.models.checkpoints import (
     KIND_INK_MODEL,
     KIND_NAPARI_INKDETECT,
@@ -42,9 +46,11 @@ from napari_inkdetect.models.checkpoints import (
 from napari_inkdetect.training.config import (
     PRESET_FIELDS,
     RESOLVED_FIELDS,
+    SIZE_FIELDS,
     WINDOW_DEFAULTS,
     TrainConfig,
 )
+from napari_inkdetect.training.presets import DevicePreset, pick_preset
 from napari_inkdetect.windows import Normalisation, WindowSpec
 
 __all__ = [
@@ -77,7 +83,13 @@ _FLAGS = {
     "normalisation": "normalisation",
     "lr": "--lr",
     "freeze_batchnorm": "--freeze-batchnorm/--train-batchnorm",
+    "arch": "--arch",
+    "width": "--width",
+    "batch_size": "--batch-size",
+    "steps": "--steps",
 }
+#: The sizes a device preset fills, in the order its note lists them.
+_PRESET_SIZES = ("arch", "width", "tile", "batch_size", "steps")
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,8 @@ class InitFacts:
     depth_scale: bool | None = None
     normalisation: dict[str, Any] | None = None
     assumed: bool = False  # facts known about a file kind, not read from the file
+    arch: str | None = None  # the model it holds (read or inferred from its tensors)
+    width: float | None = None
 
     @property
     def label(self) -> str:
@@ -168,13 +182,14 @@ def read_init_facts(path: str | Path) -> InitFacts:
     except (CheckpointError, ConfigError):
         _, report = load_checkpoint(path, device="meta")  # its own error when unreadable
         info = report.info if report.kind == KIND_NAPARI_INKDETECT else None
-        kind = report.kind
+        kind, model = report.kind, {"arch": report.arch, "width": float(report.width)}
     else:
-        kind = KIND_NAPARI_INKDETECT
+        kind, model = KIND_NAPARI_INKDETECT, {"arch": info.arch, "width": float(info.width)}
     if kind == KIND_NAPARI_INKDETECT and info is not None:
         return InitFacts(
             path,
             kind,
+            **model,
             layers=int(info.in_layers),
             tile=int(info.tile_size),
             scale=float(info.scale),
@@ -195,8 +210,9 @@ def read_init_facts(path: str | Path) -> InitFacts:
             depth_scale=False,
             normalisation=Normalisation().to_dict(),
             assumed=True,
+            **model,
         )
-    return InitFacts(path, kind)
+    return InitFacts(path, kind, **model)
 
 
 def _recorded_voxel(info: CheckpointInfo) -> float | None:
@@ -236,20 +252,31 @@ def resolve_init_settings(
     config: TrainConfig,
     segment_voxel_um: float | None,
     device_type: str | None = None,
+    *,
+    n_layers: int | None = None,
+    processes: int | None = None,
 ) -> tuple[TrainConfig, list[str]]:
     """``config`` with every setting left None filled (see the module docstring), and the
     human-readable notes on what was picked and what contradicts the checkpoint.
 
-    ``device_type`` ("cpu", "cuda", "mps") chooses the from-scratch learning rate; None:
-    resolved from ``config.device``. Raises ``CheckpointError`` for an unreadable ``init``.
+    ``device_type`` ("cpu", "cuda", "mps") chooses the device preset and the from-scratch
+    learning rate; None: resolved from ``config.device``. ``processes``: training processes
+    (None: torchrun's world size, else 1). ``n_layers``: the volume's depth, for the centred
+    start layer (None: read from ``config.segment``'s headers; left None when unreadable).
+    Raises ``CheckpointError`` for an unreadable ``init``.
     """
     notes: list[str] = []
     explicit = {name for name in RESOLVED_FIELDS if getattr(config, name) is not None}
-    config = _from_resumed_run(config, notes)
+    config, centre_later = _from_resumed_run(config, notes)
     facts = read_init_facts(config.init) if config.init else None
+    kind = facts.kind if facts is not None else None
     window = _checkpoint_window(facts, segment_voxel_um)
+    if device_type is None and _needs_device(config, kind, window):
+        device_type = _device_type(config.device)
+    sizes, why = pick_preset(torch.device(device_type or "cpu"), _processes(processes))
     filled: dict[str, Any] = {}
-    for name, default in {**WINDOW_DEFAULTS, "normalisation": _default_norm()}.items():
+    defaults = {**WINDOW_DEFAULTS, "tile": sizes.tile, "normalisation": _default_norm()}
+    for name, default in defaults.items():
         if getattr(config, name) is None:
             value = window.get(name)
             filled[name] = default if value is None else value
@@ -258,11 +285,13 @@ def resolve_init_settings(
     ).to_dict()  # validated, in one canonical form (an explicit one too: not noted as filled)
     if config.normalisation is not None:
         config = replace(config, normalisation=filled.pop("normalisation"))
+    model = {"arch": getattr(facts, "arch", None), "width": getattr(facts, "width", None)}
+    for name in SIZE_FIELDS:
+        if getattr(config, name) is None:
+            value = model.get(name)
+            filled[name] = getattr(sizes, name) if value is None else value
     preset = None
     if any(getattr(config, name) is None for name in PRESET_FIELDS):
-        kind = facts.kind if facts is not None else None
-        if kind is None and device_type is None and config.lr is None:
-            device_type = _device_type(config.device)
         preset = default_optimisation(kind, device_type or "cpu")
         if config.lr is None:
             filled["lr"] = preset.lr
@@ -271,32 +300,76 @@ def resolve_init_settings(
     resolved = replace(config, **filled)
     if facts is not None:
         notes += _window_notes(facts, window, resolved, filled, explicit, segment_voxel_um)
+    notes += _size_notes(sizes, why, resolved, filled, window, model)
     if preset is not None:
         notes += _preset_notes(preset, resolved, filled)
+    if resolved.start_layer is None and not centre_later:
+        resolved, note = _centred_start(resolved, n_layers)
+        notes += note
     missing = resolved.unresolved()
     if missing:  # pragma: no cover - every field has a default above
         raise ConfigError(f"could not resolve {', '.join(missing)}")
     return resolved, notes
 
 
-def _from_resumed_run(config: TrainConfig, notes: list[str]) -> TrainConfig:
+def _needs_device(config: TrainConfig, kind: str | None, window: dict[str, Any]) -> bool:
+    """Whether a setting left None depends on the device (a preset's size, or the lr from
+    scratch)."""
+    sizes = [n for n in SIZE_FIELDS if getattr(config, n) is None]
+    if kind is not None:
+        sizes = [n for n in sizes if n not in ("arch", "width")]  # the checkpoint's model
+    tile = config.tile is None and window.get("tile") is None
+    return bool(sizes) or tile or (kind is None and config.lr is None)
+
+
+def _processes(processes: int | None) -> int:
+    if processes is not None:
+        return processes
+    from napari_inkdetect.training.distributed import Distributed
+
+    return Distributed.from_env().world_size
+
+
+def _centred_start(config: TrainConfig, n_layers: int | None) -> tuple[TrainConfig, list[str]]:
+    """``start_layer`` of the window centred in the volume's depth (the trainer's default),
+    so that ``config.json`` records the window trained on; unchanged without a depth."""
+    if n_layers is None:
+        try:
+            n_layers = open_segment(config.segment).shape[0]  # headers only
+        except (InkDetectError, OSError):
+            return config, []  # the trainer reports an unreadable segment itself
+    spec = window_spec(config)
+    depth = spec.source_layers
+    start = spec.centred_start(n_layers)
+    note = (
+        f"start layer {start}: the {depth}-layer window centred in the volume's {n_layers} "
+        "layers (override with --start-layer)"
+    )
+    return replace(config, start_layer=start), [note] if start >= 0 else []
+
+
+def _from_resumed_run(config: TrainConfig, notes: list[str]) -> tuple[TrainConfig, bool]:
     """Unset settings from the ``config.json`` of the run being resumed (resolved when it
     began), so that ``resume`` compares like with like even where a preset would differ now
-    (e.g. resumed on a GPU). A missing or unreadable file is left to the trainer to report."""
+    (e.g. resumed on a GPU). A missing or unreadable file is left to the trainer to report.
+
+    Also whether ``start_layer`` stays None: a run recorded before start layers were
+    resolved holds null there (the centred window, which the trainer computes again)."""
     if not config.resume:
-        return config
+        return config, False
     try:
         stored = TrainConfig.from_dict(json.loads((Path(config.out) / _CONFIG_FILE).read_text()))
     except (OSError, ValueError, TypeError, ConfigError):
-        return config
+        return config, False
     fill = {
         name: getattr(stored, name)
-        for name in RESOLVED_FIELDS
+        for name in (*RESOLVED_FIELDS, "start_layer")
         if getattr(config, name) is None and getattr(stored, name) is not None
     }
     if fill:
         notes.append(f"resuming: {', '.join(fill)} as recorded in {config.out}/{_CONFIG_FILE}")
-    return replace(config, **fill)
+    config = replace(config, **fill)
+    return config, config.start_layer is None
 
 
 def _checkpoint_window(facts: InitFacts | None, segment_um: float | None) -> dict[str, Any]:
@@ -327,7 +400,9 @@ def _window_notes(
     taken = [n for n in WINDOW_DEFAULTS if n in filled and window.get(n) is not None]
     if "normalisation" in filled and window.get("normalisation") not in (None, _default_norm()):
         taken.append("normalisation")
-    defaulted = [n for n in WINDOW_DEFAULTS if n in filled and window.get(n) is None]
+    defaulted = [  # a tile from the device preset: said by the preset's note
+        n for n in WINDOW_DEFAULTS if n in filled and window.get(n) is None and n != "tile"
+    ]
     if taken:
         flags = ", ".join(_FLAGS[n] for n in taken if n != "normalisation")
         notes.append(
@@ -428,6 +503,38 @@ def _preset_notes(
         return []
     flags = ", ".join(_FLAGS[n] for n in PRESET_FIELDS if n in filled)
     return [f"{' and '.join(picked)}: the preset for {preset.reason} (override with {flags})"]
+
+
+def _size_notes(
+    sizes: DevicePreset,
+    why: str,
+    config: TrainConfig,
+    filled: dict[str, Any],
+    window: dict[str, Any],
+    model: dict[str, Any],
+) -> list[str]:
+    """``"CPU preset: resnet10 x0.125, tile 128, batch 4, 600 steps (...)"``: the sizes
+    taken from the device preset (not those from the init checkpoint)."""
+    unsaid = {n for n in ("arch", "width") if model.get(n) is not None}  # the checkpoint's
+    if window.get("tile") is not None:
+        unsaid.add("tile")
+    if config.epochs is not None:
+        unsaid.add("steps")  # epochs decide the steps
+    names = [n for n in _PRESET_SIZES if n in filled and n not in unsaid]
+    if not names:
+        return []
+    parts = {
+        "arch": config.arch,
+        "width": f"x{config.width:g}",
+        "tile": f"tile {config.tile}",
+        "batch_size": f"batch {config.batch_size}",
+        "steps": f"{config.steps} steps",
+    }
+    items = [parts[n] for n in names]
+    if "arch" in names and "width" in names:  # "resnet10 x0.125"
+        items[:2] = [" ".join(items[:2])]
+    flags = "/".join(_FLAGS[n] for n in names)
+    return [f"{sizes.label} preset: {', '.join(items)} ({why}; override with {flags})"]
 
 
 def _device_type(device: str) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_inkdetect.calibration import fit_platt
 from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
 from napari_inkdetect.io.atomic import atomic_path
 from napari_inkdetect.io.labels import INK, NOT_INK
@@ -42,7 +43,11 @@ from napari_inkdetect.models import (
     save_checkpoint,
     to_channels_last_3d,
 )
-from napari_inkdetect.models.detector import channels_last_input, resolve_autocast_dtype
+from napari_inkdetect.models.detector import (
+    channels_last_input,
+    resolve_autocast_dtype,
+    unwrap_model,
+)
 from napari_inkdetect.training.augment import augment_batch
 from napari_inkdetect.training.config import TrainConfig, trained_parts
 from napari_inkdetect.training.distributed import Distributed
@@ -75,6 +80,7 @@ from napari_inkdetect.windows import (
     read_raw,
     to_model_input,
     to_volume_pixels,
+    window_centre,
 )
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
@@ -147,12 +153,13 @@ def _read_labels(segment: Any, path: str) -> np.ndarray:
 def _window(config: TrainConfig, nz: int) -> tuple[WindowSpec, int]:
     """The window of a resolved ``config`` (see :mod:`.init_settings`) and its start layer."""
     spec = window_spec(config)
-    depth = spec.source_layers
-    start = (nz - depth) // 2 if config.start_layer is None else config.start_layer
-    if start < 0 or start + depth > nz:
+    start = spec.centred_start(nz) if config.start_layer is None else config.start_layer
+    lo, hi = spec.start_bounds(nz)
+    if not lo <= start <= hi:
+        first, end = spec.source_range(start)
         raise ConfigError(
-            f"start layer {start} + {depth} layers reaches outside the volume's {nz} layers "
-            f"(use a start layer in 0..{max(0, nz - depth)})"
+            f"start layer {start} reads layers {first}..{end - 1}, outside the volume's {nz} "
+            f"layers (use a start layer in {lo}..{max(lo, hi)})"
         )
     return spec, start
 
@@ -231,9 +238,11 @@ def _write_text(path: Path, text: str) -> None:
 
 def _setup(config: TrainConfig) -> _Run:
     dist = Distributed.from_env()
-    micro_batch = dist.local_batch(config.batch_size)
     segment = open_segment(config.segment)
-    config, notes = resolve_init_settings(config, segment.voxel_size_um)  # before _prepare_dir
+    config, notes = resolve_init_settings(  # before _prepare_dir: sizes may come from presets
+        config, segment.voxel_size_um, n_layers=segment.shape[0], processes=dist.world_size
+    )
+    micro_batch = dist.local_batch(config.batch_size)
     spec, start = _window(config, segment.shape[0])
     labels = _read_labels(segment, config.labels)
     mask = segment.read_mask()
@@ -311,6 +320,20 @@ def _setup(config: TrainConfig) -> _Run:
 
 
 def _save_model(run: _Run, name: str, metrics: dict[str, Any] | None) -> Path:
+    """``best`` is saved with the validation's calibration folded into its last layer;
+    ``last`` (the weights training goes on from) is saved raw, with the raw threshold."""
+    calibration = (metrics or {}).get("calibration")
+    if name == BEST and calibration:
+        model = unwrap_model(run.model)
+        with model.calibration_folded(calibration["slope"], calibration["offset"]):
+            return _write_model(run, name, {**metrics, "calibrated": True})
+    if calibration:
+        metrics = {**metrics, "best_threshold": metrics["raw_best_threshold"]}
+        metrics.update(calibration=None, calibrated=False)
+    return _write_model(run, name, metrics)
+
+
+def _write_model(run: _Run, name: str, metrics: dict[str, Any] | None) -> Path:
     cfg = run.config
     provenance = {
         **run.provenance,
@@ -328,6 +351,7 @@ def _save_model(run: _Run, name: str, metrics: dict[str, Any] | None) -> Path:
         depth_scale=cfg.depth_scale,
         depth_reverse=cfg.depth_direction == "reverse",
         start_layer=run.start_layer,
+        centre_layer=window_centre(run.start_layer, cfg.layers),  # always: never inherited
         normalisation=run.spec.normalisation.to_dict(),
         provenance=provenance,
     )
@@ -402,12 +426,19 @@ def _set_train_mode(run: _Run) -> None:
     run.model.train()
     for module in run.frozen:  # frozen parts keep their BatchNorm statistics
         module.eval()
-    halved = run.micro_batch < run.config.batch_size  # out of memory split the batch
+    # Out of memory split this rank's share; under DDP a share under 4 tiles is the user's
+    # choice (batch over processes), not a halving, and BatchNorm keeps training on it.
+    halved = run.micro_batch < run.dist.local_batch(run.config.batch_size)
     if run.config.freeze_batchnorm or (
-        halved and batchnorm_should_freeze(run.micro_batch, False)
+        halved and batchnorm_should_freeze(run.micro_batch, False, processes=_bn_processes(run))
     ):  # a trained model keeps its statistics; 1-2 tiles after a halving are noise
         for module in batchnorm_layers(run.model):
             module.eval()
+
+
+def _bn_processes(run: _Run) -> int:
+    """Processes whose tiles make up one BatchNorm statistic: all ranks under SyncBatchNorm."""
+    return run.dist.world_size if run.config.sync_batchnorm else 1
 
 
 def _make_batch(run: _Run, step: int) -> Batch:
@@ -579,8 +610,12 @@ def _validate(run: _Run) -> dict[str, Any]:
         labels.append(truth[keep])
         if run.mask is not None:
             band.append(border_band(run.mask[y0:y1, x0:x1])[keep])
-    prob, truth = np.concatenate(probs), np.concatenate(labels)
+    raw, truth = np.concatenate(probs), np.concatenate(labels)
+    calibration = fit_platt(raw, truth)  # folded into best.safetensors (calibration.py)
+    prob = calibration.apply(raw)
     scores = score(prob, truth).to_dict()
+    scores["calibration"] = calibration.to_dict()
+    scores["raw_best_threshold"] = score(raw, truth).best_threshold
     in_band = np.concatenate(band) if band else np.zeros(truth.shape, bool)
     paper_band = in_band & (truth == NOT_INK)
     scores["border_fp"] = float(np.mean(prob[paper_band] >= 0.5)) if paper_band.any() else None

@@ -1,0 +1,88 @@
+"""The Finetune dock takes its sizes from the same preset table as the command line, and its
+learning rate is "auto" (None in the config) unless typed, so the core's preset for where
+training starts applies: 3e-5 when finetuning a trained ink model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_inkdetect._widgets.finetune_dock import AUTO_LR, FinetuneWidget
+from napari_inkdetect.models import InkDetector, save_checkpoint
+from napari_inkdetect.synthetic import make_segment, write_segment
+from napari_inkdetect.training import TrainConfig, TrainStarted
+from napari_inkdetect.training.init_settings import resolve_init_settings
+from napari_inkdetect.training.presets import PRESETS, pick_preset
+
+RUN_TIMEOUT_MS = 60_000  # a spawned child imports torch first: ~8 s on two slow cores
+SIZES = ("arch", "width", "tile", "batch_size", "steps")
+
+
+@pytest.fixture
+def dock(make_napari_viewer, tmp_path):
+    """The dock on a 24 x 128 x 160 synthetic segment opened by our reader, runs in tmp."""
+    folder = write_segment(make_segment(shape=(24, 128, 160)), tmp_path, "s")
+    viewer = make_napari_viewer()
+    viewer.open(folder, plugin="napari-inkdetect")
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Finetune")
+    widget.runs_edit.setText(str(tmp_path / "runs"))
+    return widget
+
+
+def test_dock_and_cli_take_the_cpu_preset_from_one_table(dock):
+    dock.width_spin.setValue(1.0)
+    dock.tile_spin.setValue(512)
+    dock.lr_spin.setValue(0.01)
+    dock.device_combo.setCurrentText("cpu")
+    dock._apply_device_preset("cpu")  # what choosing "cpu" in the device combo runs
+    cpu = PRESETS["cpu"]
+    assert pick_preset("cpu")[0] == cpu
+    shown = (
+        dock.arch_combo.currentText(),
+        dock.width_spin.value(),
+        dock.tile_spin.value(),
+        dock.batch_spin.value(),
+        dock.steps_spin.value(),
+    )
+    assert shown == tuple(getattr(cpu, k) for k in SIZES)
+    assert (dock.preview_spin.value(), dock.preview_side_spin.value()) == (
+        cpu.preview_every,
+        cpu.preview_side,
+    )
+    assert dock.lr_spin.text() == AUTO_LR
+    config = dock.build_config()
+    assert config.lr is None
+    # the command line given no sizes on a CPU resolves to the same numbers
+    cli = TrainConfig(segment=config.segment, labels=config.labels, out="x", device="cpu")
+    resolved, _ = resolve_init_settings(cli, 7.91)
+    assert tuple(getattr(resolved, k) for k in SIZES) == tuple(getattr(config, k) for k in SIZES)
+    assert resolved.lr == resolve_init_settings(config, 7.91)[0].lr == 1e-3
+    dock.lr_spin.setValue(2e-4)  # a typed value is sent as it is
+    assert dock.build_config().lr == 2e-4
+
+
+def test_auto_lr_from_a_checkpoint_resolves_to_the_pretrained_lr(dock, tmp_path, qtbot):
+    torch.manual_seed(0)
+    ink_model = save_checkpoint(
+        tmp_path / "ink.safetensors", InkDetector("resnet10", 0.125), in_layers=8, tile_size=64
+    )
+    dock.device_combo.setCurrentText("cpu")
+    dock.checkpoint_radio.setChecked(True)
+    dock.checkpoint_edit.setText(str(ink_model))
+    dock.layers_spin.setValue(8)
+    dock.tile_spin.setValue(64)
+    dock.steps_spin.setValue(2)
+    dock.batch_spin.setValue(2)
+    dock.val_every_spin.setValue(2)
+    dock.preview_spin.setValue(0)
+    worker = dock.start()
+    assert dock.config.lr is None and dock.config.init == str(ink_model)
+    started = []
+    worker.yielded.connect(lambda e: isinstance(e, TrainStarted) and started.append(e))
+    with qtbot.waitSignal(worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    assert started and started[0].config.lr == 3e-5  # finetuning a trained ink model
+    assert any("lr 3e-05" in n and "trained ink model" in n for n in started[0].notes)
+    assert dock.lr_spin.text() == f"{AUTO_LR} (3e-05)"  # the resolved value, shown
+    assert dock.build_config().lr is None and dock.lr_spin.text() == AUTO_LR
