@@ -95,7 +95,7 @@ def run_case(variant: str, seed: int, args: argparse.Namespace, tmp: Path) -> di
     config = TrainConfig(
         segment=str(folder), labels=str(labels_path), out=str(tmp / f"run-{variant}-{seed}"),
         arch="resnet10", width=0.125, start_layer=start, layers=LAYERS, tile=128, scale=1.0,
-        batch_size=4, steps=args.steps, lr=1e-3, val_every=max(1, args.steps // 3),
+        batch_size=args.batch, steps=args.steps, lr=args.lr, val_every=max(1, args.steps // 3),
         augment=replace(AugmentConfig.none(), flips=True, rot90=True),
         loss=LossConfig(label_smoothing=args.smoothing), device="cpu", seed=seed,
     )  # fmt: skip
@@ -143,13 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", choices=("sparse", "dense"), default="dense")
     p.add_argument("--smoothing", type=float, default=LossConfig().label_smoothing)
     p.add_argument("--steps", type=int, default=PRESETS["cpu"].steps)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (CPU preset: 1e-3)")
+    p.add_argument("--batch", type=int, default=PRESETS["cpu"].batch_size, help="tiles a step")
     p.add_argument("--save", help="folder for each case's probability map and labels (.npz)")
     args = p.parse_args(argv)
     variants = ["default", "faint"] if args.quick else args.variants.split(",")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     cols = ["held", "held@val", "val", "gap", "baseline", "background", "border_fp",
             "interior_fp", "seconds"]  # fmt: skip
-    print(f"labels={args.labels} smoothing={args.smoothing} steps={args.steps}")
+    print(f"labels={args.labels} smoothing={args.smoothing} steps={args.steps} lr={args.lr} "
+          f"batch={args.batch}")  # fmt: skip
     print(f"{'variant':14s} {'seed':>4s} " + " ".join(f"{c:>11s}" for c in cols))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -261,3 +261,20 @@ def test_train_help_states_the_defaults(capsys):
                  "(default: from --init checkpoint and the voxel sizes",
                  "3e-5 from a trained ink model"):  # fmt: skip
         assert flag in text
+
+
+def test_default_start_layer_is_where_the_painted_ink_is(tmp_path):
+    """No start layer given (CLI, API): the window goes where the labels show the ink, not to
+    the middle of the stack, which here would miss the ink band entirely."""
+    seg = make_segment(shape=(96, 192, 256), seed=2)
+    folder = write_segment(seg, tmp_path, "deep")
+    z0, z1 = seg.ink_layers
+    centred = (96 - 22) // 2
+    assert not (centred <= z0 and z1 <= centred + 22)  # the old default misses the ink
+    config = TrainConfig(
+        segment=str(folder), labels=str(folder / "deep_train_labels.png"), out=str(tmp_path / "r")
+    )
+    resolved, notes = resolve_init_settings(config, seg.voxel_size_um, device_type="cpu")
+    start = resolved.start_layer
+    assert start <= z0 and z1 <= start + 22, (start, seg.ink_layers)
+    assert any(n.startswith(f"start layer {start} (window centre {start + 11})") for n in notes)

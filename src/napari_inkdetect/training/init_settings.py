@@ -51,7 +51,7 @@ from napari_inkdetect.training.config import (
     TrainConfig,
 )
 from napari_inkdetect.training.presets import DevicePreset, pick_preset
-from napari_inkdetect.windows import Normalisation, WindowSpec
+from napari_inkdetect.windows import Normalisation, WindowSpec, window_centre
 
 __all__ = [
     "KAGGLE_LAYERS",
@@ -304,7 +304,7 @@ def resolve_init_settings(
     if preset is not None:
         notes += _preset_notes(preset, resolved, filled)
     if resolved.start_layer is None and not centre_later:
-        resolved, note = _centred_start(resolved, n_layers)
+        resolved, note = _default_start(resolved, n_layers)
         notes += note
     missing = resolved.unresolved()
     if missing:  # pragma: no cover - every field has a default above
@@ -330,22 +330,54 @@ def _processes(processes: int | None) -> int:
     return Distributed.from_env().world_size
 
 
-def _centred_start(config: TrainConfig, n_layers: int | None) -> tuple[TrainConfig, list[str]]:
-    """``start_layer`` of the window centred in the volume's depth (the trainer's default),
-    so that ``config.json`` records the window trained on; unchanged without a depth."""
-    if n_layers is None:
-        try:
-            n_layers = open_segment(config.segment).shape[0]  # headers only
-        except (InkDetectError, OSError):
-            return config, []  # the trainer reports an unreadable segment itself
+def _default_start(config: TrainConfig, n_layers: int | None) -> tuple[TrainConfig, list[str]]:
+    """``start_layer`` where the painted ink is (:func:`~napari_inkdetect.ink_depth.
+    estimate_ink_depth` on the labelled pixels: the depth where ink and not-ink differ most in
+    texture), else the window centred in the volume's depth; recorded in ``config.json`` so
+    everyone can tell the window trained on. Unchanged when the segment cannot be read (the
+    trainer reports that itself)."""
+    try:
+        segment = open_segment(config.segment)  # headers; the estimate reads labelled blocks
+    except (InkDetectError, OSError):
+        if n_layers is None:
+            return config, []
+        segment = None
+    n_layers = int(segment.shape[0]) if n_layers is None else n_layers
     spec = window_spec(config)
-    depth = spec.source_layers
+    lo, hi = spec.start_bounds(n_layers)
+    found = None if segment is None else _ink_depth_start(config, segment, spec)
+    if found is not None and lo <= hi:
+        start, centre = min(max(found[0], lo), hi), found[1]
+        note = (
+            f"start layer {start} (window centre {window_centre(start, spec.layers)}): the "
+            f"painted ink shows at layer {centre}, {found[2]} (override with --start-layer or "
+            "--centre-layer)"
+        )
+        return replace(config, start_layer=start), [note]
     start = spec.centred_start(n_layers)
     note = (
-        f"start layer {start}: the {depth}-layer window centred in the volume's {n_layers} "
-        "layers (override with --start-layer)"
+        f"start layer {start}: the {spec.source_layers}-layer window centred in the volume's "
+        f"{n_layers} layers, as no ink depth stood out in the labels (override with "
+        "--start-layer or --centre-layer)"
     )
     return replace(config, start_layer=start), [note] if start >= 0 else []
+
+
+def _ink_depth_start(config: TrainConfig, segment: Any, spec: WindowSpec) -> tuple | None:
+    """``(start, ink layer, why)`` from the painted labels, or None when they do not tell."""
+    from napari_inkdetect.ink_depth import estimate_ink_depth  # scipy: only when needed
+    from napari_inkdetect.io.segment import read_segment_labels
+
+    try:
+        labels = read_segment_labels(segment, Path(config.labels))
+        estimate = estimate_ink_depth(
+            segment.volume, labels, mask=segment.read_mask(), layers=spec.layers
+        )
+    except (InkDetectError, OSError, ValueError):
+        return None  # unreadable or unusable labels: the trainer says why
+    if not estimate.found:
+        return None
+    return estimate.start, estimate.depth, f"{estimate.contrast:.0f}x the noise"
 
 
 def _from_resumed_run(config: TrainConfig, notes: list[str]) -> tuple[TrainConfig, bool]:
