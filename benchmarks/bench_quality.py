@@ -94,7 +94,7 @@ def run_case(variant: str, seed: int, args: argparse.Namespace, tmp: Path) -> di
     start = int(np.clip((z0 + z1) // 2 - LAYERS // 2, 0, seg.volume.shape[0] - LAYERS))
     config = TrainConfig(
         segment=str(folder), labels=str(labels_path), out=str(tmp / f"run-{variant}-{seed}"),
-        arch="resnet10", width=0.125, start_layer=start, layers=LAYERS, tile=128, scale=1.0,
+        arch="resnet10", width=args.width, start_layer=start, layers=LAYERS, tile=128, scale=1.0,
         batch_size=args.batch, steps=args.steps, lr=args.lr, val_every=max(1, args.steps // 3),
         augment=replace(AugmentConfig.none(), flips=True, rot90=True),
         loss=LossConfig(label_smoothing=args.smoothing), device="cpu", seed=seed,
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", choices=("sparse", "dense"), default="dense")
     p.add_argument("--smoothing", type=float, default=LossConfig().label_smoothing)
     p.add_argument("--steps", type=int, default=PRESETS["cpu"].steps)
+    p.add_argument("--width", type=float, default=PRESETS["cpu"].width, help="model width")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (CPU preset: 1e-3)")
     p.add_argument("--batch", type=int, default=PRESETS["cpu"].batch_size, help="tiles a step")
     p.add_argument("--save", help="folder for each case's probability map and labels (.npz)")

@@ -23,7 +23,7 @@ The layer cases report the click (``click_ms``: what the button press itself tak
 from the stalls while the run streams (``longest_ms``).
 
 Target: the longest stall < 100 ms in 2, 3, 5, 6, 7 and 8 (asserted with ``--check``).
-``--cases overlay,reuse,preview`` runs only the quick layer cases (about 30 s). Prints the
+``--cases overlay,reuse,preview`` runs only the quick layer cases (about 40 s). Prints the
 longest stall, the 99th percentile, the number of stalls over 100 ms and the ratio to the
 matching floor, and for 6-8 the slowest layer insertion (``add_ms``).
 """

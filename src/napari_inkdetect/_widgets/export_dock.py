@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_inkdetect._napari_layers import PREDICTION, PREDICTION_KEY, layer_role
+from napari_inkdetect._widgets._layout import make_scrollable
 from napari_inkdetect._widgets._runs import RunState, StoppableWorker, stoppable_worker
 from napari_inkdetect._widgets._settings import DockSettings
 from napari_inkdetect.errors import ConfigError, InkDetectError
@@ -88,6 +89,7 @@ class ExportWidget(QWidget):
             layer.events.metadata.connect(self._on_layers_changed)
         self._on_layers_changed()
         self.destroyed.connect(self._state.on_destroyed)
+        make_scrollable(self)  # last: a short dock whatever the form's height
 
     # ------------------------------------------------------------------ layout
 

@@ -51,6 +51,7 @@ from napari_inkdetect._napari_layers import (
     names_with_role,
 )
 from napari_inkdetect._widgets._form import LayerChoice, combo, double_spin, spin
+from napari_inkdetect._widgets._layout import make_scrollable
 from napari_inkdetect._widgets._runs import (
     RunState,
     StallMeter,
@@ -286,6 +287,7 @@ class FinetuneWidget(QWidget):
         self._step_throttle = Throttle(self._show_step, parent=self)
         self._device = ""
         self._follow_slider = True
+        self._continue_key: tuple[str, str | None] | None = None  # what Continue last read
         self._build_ui()
         self._refresh_layers()
         self._on_volume_changed()
@@ -297,6 +299,7 @@ class FinetuneWidget(QWidget):
         # A plain function of plain state: it must work after the Qt object is deleted.
         self.destroyed.connect(self._state.on_destroyed)
         self.destroyed.connect(self.preview.shutdown)
+        make_scrollable(self)  # last: a short dock whatever the form's height
 
     def _kept_controls(self) -> dict[str, QWidget]:
         """What the dock remembers between sessions (no layer choice, no window centre: it
@@ -746,7 +749,7 @@ class FinetuneWidget(QWidget):
         run folder is read again only when the segment or the folder changes)."""
         volume = self._layer(self.volume_combo)
         key = (self.runs_edit.text(), volume.name if volume is not None else None)
-        if not force and key == getattr(self, "_continue_key", None):
+        if not force and key == self._continue_key:
             return
         self._continue_key = key
         path = self.last_run_checkpoint()

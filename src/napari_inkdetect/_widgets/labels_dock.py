@@ -40,6 +40,7 @@ from napari_inkdetect._napari_layers import (
     layer_role,
 )
 from napari_inkdetect._widgets._form import spin
+from napari_inkdetect._widgets._layout import make_scrollable
 from napari_inkdetect._widgets._settings import DockSettings
 from napari_inkdetect._writer import write_labels_layer
 from napari_inkdetect.errors import InkDetectError, LabelsError
@@ -122,6 +123,7 @@ class CrackleLabelsWidget(QWidget):
         for layer in layers:
             layer.events.name.connect(self._on_layers_changed)
         self._on_layers_changed()
+        make_scrollable(self)  # last: a short dock whatever the form's height
 
     def _build(self) -> None:
         self.volume_combo = QComboBox()

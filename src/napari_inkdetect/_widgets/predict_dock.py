@@ -52,6 +52,7 @@ from napari_inkdetect._napari_layers import (
     names_with_role,
 )
 from napari_inkdetect._widgets._form import LayerChoice, combo, fill_names, spin
+from napari_inkdetect._widgets._layout import make_scrollable
 from napari_inkdetect._widgets._runs import Throttle, make_room_in_thread_pool, session
 from napari_inkdetect._widgets._settings import DockSettings
 from napari_inkdetect._widgets.prediction_overlay import (
@@ -203,6 +204,7 @@ class PredictWidget(QWidget):
         self.settings = DockSettings(self, "predict", self._kept_controls())
         self._restore_checkpoint()
         self.destroyed.connect(self.runner.shutdown)
+        make_scrollable(self)  # last: a short dock whatever the form's height
 
     def _kept_controls(self) -> dict[str, QWidget]:
         """What the dock remembers between sessions (not the layers, the window centres or
