@@ -29,7 +29,7 @@ from scipy import ndimage
 from napari_inkdetect.inference import PredictConfig, open_prediction, run_prediction
 from napari_inkdetect.io.labels import apply_dense_boxes
 from napari_inkdetect.io.segment import open_segment
-from napari_inkdetect.metrics import score
+from napari_inkdetect.metrics import chance_f05, score
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import AugmentConfig, LossConfig, TrainConfig, Validated, train
 from napari_inkdetect.training.presets import PRESETS
@@ -127,6 +127,7 @@ def run_case(variant: str, seed: int, args: argparse.Namespace, tmp: Path) -> di
         "held@val": at_val.f05,
         "val": best_val.best_f05 if best_val else float("nan"),
         "gap": (best_val.best_f05 - held_scores.best_f05) if best_val else float("nan"),
+        "chance": chance_f05(int((held == 1).sum()), int((held == 2).sum())),
         "baseline": threshold_baseline(open_segment(folder).volume.compute(), start, held),
         "background": float(prob[paper].mean()),
         "border_fp": float((prob[band] >= 0.5).mean()),
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     variants = ["default", "faint"] if args.quick else args.variants.split(",")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    cols = ["held", "held@val", "val", "gap", "baseline", "background", "border_fp",
+    cols = ["held", "held@val", "val", "gap", "chance", "baseline", "background", "border_fp",
             "interior_fp", "seconds"]  # fmt: skip
     print(f"labels={args.labels} smoothing={args.smoothing} steps={args.steps} lr={args.lr} "
           f"batch={args.batch}")  # fmt: skip

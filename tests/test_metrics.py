@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_inkdetect.metrics import score
+from napari_inkdetect.metrics import chance_f05, score
 
 
 def test_perfect_and_inverted_predictions():
@@ -34,3 +34,11 @@ def test_uint8_probabilities_and_unlabeled_ignored():
 def test_shape_mismatch_refused():
     with pytest.raises(ValueError, match="differs from labels"):
         score(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_chance_f05_is_what_calling_everything_ink_scores():
+    labels = np.array([1] * 25 + [2] * 75, np.uint8)
+    everything = score(np.ones(100), labels, threshold=0.5)
+    assert chance_f05(25, 75) == pytest.approx(everything.f05) == pytest.approx(0.2941, abs=1e-4)
+    assert chance_f05(15, 85) < chance_f05(25, 75)  # rises with the ink fraction
+    assert chance_f05(0, 10) == 0.0 and chance_f05(0, 0) == 0.0

@@ -18,6 +18,7 @@ from scipy import ndimage
 from napari_inkdetect.calibration import Calibration
 from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
 from napari_inkdetect.io.segment import open_segment
+from napari_inkdetect.metrics import chance_f05
 from napari_inkdetect.models import InkDetector, read_checkpoint_metadata
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import (
@@ -383,6 +384,8 @@ def test_best_checkpoint_predicts_the_calibrated_map_validation_scored(
     assert last_meta["calibrated"] is False and last_meta["calibration"] is None
     assert last_meta["best_threshold"] == best_meta["raw_best_threshold"]
     assert best_meta["best_threshold"] == validated.best_threshold
+    chance = chance_f05(validated.n_ink, validated.n_not_ink)
+    assert 0 < validated.chance_f05 == pytest.approx(chance)
     best = InkDetector.from_checkpoint(run / "best.safetensors").eval()
     last = InkDetector.from_checkpoint(run / "last.safetensors").eval()
     spec = WindowSpec(layers=8, tile=64)

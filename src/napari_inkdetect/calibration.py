@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.special import expit
 
 from napari_inkdetect.io.labels import INK, NOT_INK
 
@@ -37,8 +38,7 @@ class Calibration:
     def apply(self, probability: np.ndarray | float) -> np.ndarray:
         """Calibrated probabilities for raw ones (any shape, float)."""
         p = np.clip(np.asarray(probability, dtype=np.float64), _EPS, 1 - _EPS)
-        z = self.slope * np.log(p / (1 - p)) + self.offset
-        return 1.0 / (1.0 + np.exp(-z))
+        return expit(self.slope * np.log(p / (1 - p)) + self.offset)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -64,7 +64,7 @@ def fit_platt(probability: np.ndarray, labels: np.ndarray, iterations: int = 50)
     t = np.where(ink[keep], (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     a, b = 1.0, 0.0
     for _ in range(iterations):
-        q = 1.0 / (1.0 + np.exp(-(a * x + b)))
+        q = expit(a * x + b)
         g = q - t
         w = q * (1 - q) + 1e-12
         grad = np.array([np.dot(g, x), g.sum()])

@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InkDetectError as exc:
         print(f"napari-inkdetect: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except OSError as exc:  # a disk or path problem no layer put into words: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"napari-inkdetect: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print("napari-inkdetect: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -376,8 +380,8 @@ def _train(args: argparse.Namespace) -> int:
             _say(bar, args.quiet, event.summary)
         elif isinstance(event, Validated):
             _say(bar, args.quiet, f"step {event.step}: F0.5 {event.f05:.3f} at 0.5, "
-                 f"best {event.best_f05:.3f} at {event.best_threshold:.2f} "
-                 f"({event.n_groups} held-out groups, {event.n_ink} ink / "
+                 f"best {event.best_f05:.3f} at {event.best_threshold:.2f}, chance "
+                 f"{event.chance_f05:.3f} ({event.n_groups} held-out groups, {event.n_ink} ink / "
                  f"{event.n_not_ink} not-ink px)")  # fmt: skip
         elif isinstance(event, TrainFinished):
             if bar is not None:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from napari_inkdetect.errors import ConfigError, SegmentError
-from napari_inkdetect.io.atomic import atomic_path
+from napari_inkdetect.io.atomic import atomic_path, make_folder
 from napari_inkdetect.io.segment import Segment, open_segment
 from napari_inkdetect.windows import window_centre
 
@@ -479,14 +479,14 @@ def export(
 
     stop = stop or threading.Event()
     _, prov = _open_prediction(config.prediction)
-    out_dir = _out_dir(Path(config.out_dir))
     frames = None
-    if config.gif or config.mp4:
+    if config.gif or config.mp4:  # its errors (a moved segment...) come before any write
         frames = render_sweep(
             config.prediction, segment=config.segment, threshold=config.threshold,
             alpha=config.alpha, max_side=config.max_side, underlay=config.underlay,
             label=config.label,
         )  # fmt: skip
+    out_dir = _out_dir(Path(config.out_dir))
     n = len(prov["start_layers"])
     total = len(config.images) * (n + config.max_projection)
     total += (n + config.gif + config.mp4) if frames is not None else 0
@@ -544,13 +544,7 @@ def _sweep_files(
 
 
 def _out_dir(path: Path) -> Path:
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{path}: exists and is not a folder; choose an output folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot create the output folder ({exc.strerror})") from None
-    return path
+    return make_folder(path)
 
 
 def run_export(

@@ -44,6 +44,8 @@ import torch
 
 from napari_inkdetect.devices import resolve_device
 from napari_inkdetect.errors import CheckpointError, ConfigError, InkDetectError
+from napari_inkdetect.io.atomic import make_folder, unwritable
+from napari_inkdetect.io.locks import OutputLock, check_unlocked
 from napari_inkdetect.io.segment import Segment, open_segment
 from napari_inkdetect.models import SpeedOptions, load_checkpoint
 from napari_inkdetect.models.checkpoints import recommended_threshold
@@ -556,11 +558,20 @@ def prepare_output(job: PredictJob | PredictConfig) -> Any:
 
     job = _cached_job(job) if isinstance(job, PredictConfig) else job
     path = Path(job.config.out)
+    check_unlocked(path, "prediction")  # another process writing it: refused (io.locks)
     if path.exists() and job.config.overwrite:
         _open_ours(path)
         shutil.rmtree(path)
     if path.exists():
         return _reopen(job, path)
+    try:
+        return _create_output(job, path, zarr)
+    except OSError as exc:  # full disk, read-only folder, a file in the way...
+        shutil.rmtree(path, ignore_errors=True)  # it did not exist: leave nothing half-made
+        raise unwritable(path, exc, "cannot create the prediction") from None
+
+
+def _create_output(job: PredictJob, path: Path, zarr: Any) -> Any:
     n, h, w = job.shape
     root = zarr.open_group(str(path), mode="w")
     c = job.chunk
@@ -597,7 +608,12 @@ def _open_ours(path: Path, mode: str = "r") -> tuple[Any, dict[str, Any]]:
 
 def _reopen(job: PredictJob, path: Path) -> Any:
     root, prov = _open_ours(path, "r+")
-    changed = _differences(prov.get("fingerprint", {}), job.fingerprint())
+    if not isinstance(prov.get("fingerprint"), dict):
+        raise ConfigError(
+            f"{path}: its provenance has no usable fingerprint (damaged?), so it cannot be "
+            "resumed: set overwrite to replace it, or choose another output"
+        )
+    changed = _differences(prov["fingerprint"], job.fingerprint())
     if changed:
         raise ConfigError(
             f"{path} holds a prediction made with different settings ({', '.join(changed)}); "
@@ -820,11 +836,19 @@ def _write_chunk(job: PredictJob, root: Any, chunk: tuple[int, int], data: np.nd
     Each level's part of a chunk is exactly one chunk of that level (the chunk side is a
     multiple of every factor), so concurrent writers never share a stored chunk.
     """
+    out = Path(job.config.out)
+    if not (out / "zarr.json").is_file():  # zarr would recreate the folder chunk by chunk
+        raise ConfigError(f"{out}: the prediction was removed during the run; stopping")
     y0, x0, y1, x1 = job.chunk_box(*chunk)
-    root[PROB][:, y0:y1, x0:x1] = data
-    for f in overview_factors(job.shape[1:], job.chunk):
-        root[f"{PROB}_{f}"][:, y0 // f : -(-y1 // f), x0 // f : -(-x1 // f)] = _block_mean(data, f)
-    root[DONE][chunk] = 1
+    try:
+        root[PROB][:, y0:y1, x0:x1] = data
+        for f in overview_factors(job.shape[1:], job.chunk):
+            level = root[f"{PROB}_{f}"]
+            level[:, y0 // f : -(-y1 // f), x0 // f : -(-x1 // f)] = _block_mean(data, f)
+        root[DONE][chunk] = 1
+    except OSError as exc:  # each stored chunk is written atomically; this one is not flagged
+        error = unwritable(out, exc, f"cannot write chunk {chunk}")
+        raise ConfigError(f"{error}; the finished chunks are kept: run again to resume") from None
 
 
 def overview_factors(shape: tuple[int, int], chunk: int) -> list[int]:
@@ -876,7 +900,8 @@ def predict(config: PredictConfig, stop: threading.Event | None = None) -> Itera
     job = None
     try:
         job = open_job(config)
-        yield from _run(job, stop)
+        with OutputLock(config.out, "prediction"):  # a second writer is refused (io.locks)
+            yield from _run(job, stop)
     finally:
         _release(job)
 
@@ -979,7 +1004,48 @@ def open_prediction(path: str | Path) -> tuple[Any, dict[str, Any]]:
         raise ConfigError(
             f"{path}: not a napari-inkdetect prediction (expected the zarr that predict writes)"
         ) from None
-    return root[PROB], prov
+    return _checked(path, root, prov), prov
+
+
+def _checked(path: Path, root: Any, prov: dict[str, Any]) -> Any:
+    """The ``prob`` array, once the provenance that readers rely on is known to describe it
+    (a damaged one is refused here, in one line, instead of failing later in a reader)."""
+    try:
+        prob = root[PROB]
+        n, h, w = (int(s) for s in prob.shape)
+    except Exception:  # missing, a group, or not 3-D
+        raise ConfigError(f"{path}: damaged prediction: no 3-D {PROB} array") from None
+    problem = _provenance_problem(prov, (n, h, w), lambda name: name in root)
+    if problem:
+        raise ConfigError(f"{path}: damaged prediction provenance ({problem}); predict again")
+    return prob
+
+
+def _provenance_problem(prov: dict[str, Any], shape: tuple[int, int, int], has: Any) -> str | None:
+    def ints(v: Any, n: int | None = None, least: int = 0) -> bool:
+        return (
+            isinstance(v, list)
+            and (n is None or len(v) == n)
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= least for i in v)
+        )
+
+    n, h, w = shape
+    region, factors = prov.get("region"), prov.get("overview_factors", [])
+    fingerprint, source = prov.get("fingerprint", {}), prov.get("source_layers")
+    checks = {
+        "start_layers": ints(prov.get("start_layers"), n),
+        "region": ints(region, 4) and region[2] - region[0] == h and region[3] - region[1] == w,
+        "window_length": ints([prov.get("window_length")], least=1),
+        "source_layers": source is None or ints([source], least=1),
+        "overview_factors": ints(factors, least=2) and all(has(f"{PROB}_{f}") for f in factors),
+        "segment": isinstance(prov.get("segment"), str),
+        "segment_id": isinstance(prov.get("segment_id"), str),
+        "config": isinstance(prov.get("config", {}), dict),
+        "fingerprint": isinstance(fingerprint, dict)
+        and (fingerprint.get("segment_shape") is None or ints(fingerprint["segment_shape"], 3)),
+    }
+    bad = next((key for key, ok in checks.items() if not ok), None)
+    return None if bad is None else f"{bad} = {prov.get(bad)!r}"[:100]
 
 
 def prediction_threshold(provenance: dict[str, Any]) -> float | None:
@@ -1017,8 +1083,7 @@ def export_prediction(
     if format not in ("png", "tif"):
         raise ConfigError(f"export format {format!r}: use png or tif")
     prob, prov = open_prediction(zarr_path)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(out_dir, "image folder")
     name = Path(zarr_path).name.split(".")[0]
     written, peak = [], None
     for i, start in enumerate(prov["start_layers"]):

@@ -40,6 +40,15 @@ def fbeta(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, beta: float = BETA) ->
     return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
 
 
+def chance_f05(n_ink: int, n_not_ink: int, beta: float = BETA) -> float:
+    """F-beta of calling every pixel ink: the floor a score must clear to mean anything
+    (0.29 where a quarter of the pixels are ink, 0.18 at 15%)."""
+    total = n_ink + n_not_ink
+    if not n_ink or not total:
+        return 0.0
+    return float(fbeta(np.array([n_ink]), np.array([n_not_ink]), np.array([0]), beta)[0])
+
+
 def score(
     probability: np.ndarray, labels: np.ndarray, threshold: float = 0.5, n_thresholds: int = 101
 ) -> Scores:

@@ -255,7 +255,7 @@ def test_save_is_atomic(small_model, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt_module, "save_file", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ConfigError, match="disk full"):  # one line for the user (issue 14)
         save_checkpoint(path, small_model, provenance={"steps": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]

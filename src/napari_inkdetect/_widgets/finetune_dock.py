@@ -964,8 +964,9 @@ class FinetuneWidget(QWidget):
         border = "" if event.border_fp is None else f", border false ink {event.border_fp:.0%}"
         self.validation_label.setText(
             f"step {event.step}: validation F0.5 {event.f05:.3f} (best {event.best_f05:.3f} at "
-            f"{event.best_threshold:.2f}) on {event.n_groups} held-out groups, {event.n_ink} ink"
-            f" / {event.n_not_ink} not-ink px ({kind}){border}"
+            f"{event.best_threshold:.2f}; all-ink chance {event.chance_f05:.3f}) on "
+            f"{event.n_groups} held-out groups, {event.n_ink} ink / {event.n_not_ink} not-ink px "
+            f"({kind}){border}"
         )
 
     def _on_checkpoint(self, event: CheckpointSaved) -> None:

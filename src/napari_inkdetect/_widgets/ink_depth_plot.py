@@ -20,6 +20,7 @@ from qtpy.QtWidgets import QWidget
 from napari_inkdetect._napari_layers import MASK, is_derived, layer_role
 from napari_inkdetect._widgets._runs import make_room_in_thread_pool
 from napari_inkdetect.ink_depth import InkDepth, estimate_ink_depth
+from napari_inkdetect.windows import window_centre
 
 if TYPE_CHECKING:
     import napari
@@ -28,7 +29,8 @@ SEGMENT_KEY = "inkdetect_segment"
 
 
 class InkDepthPlot(QWidget):
-    """Score of each start layer's window, with the chosen start and the Predict band.
+    """Score of each window (labelled by its centre, as the depth slider and the docks show
+    it), with the chosen window and the Predict band.
 
     Hidden until the first estimate; the full explanation is its tooltip."""
 
@@ -84,8 +86,9 @@ class InkDepthPlot(QWidget):
         painter.drawLine(QPointF(x, plot.top()), QPointF(x, plot.bottom()))
         painter.setPen(QPen(QColor("#d0d0d0")))
         painter.drawText(QPointF(6, font_h), self.summary())
+        first, end = window_centre(0, estimate.layers), window_centre(last, estimate.layers)
         painter.drawText(
-            QPointF(6, self.height() - 4), f"window start 0 .. {len(scores) - 1} (score per start)"
+            QPointF(6, self.height() - 4), f"window centre {first} .. {end} (score per window)"
         )
         painter.end()
 
@@ -96,7 +99,8 @@ class InkDepthPlot(QWidget):
             return ""
         if not e.found:
             return f"no clear ink depth ({e.contrast:.1f}x noise)"
-        return f"ink near layer {e.depth}: start {e.start}, predict {e.band[0]}-{e.band[1]}"
+        lo, hi = e.centre_band
+        return f"ink near layer {e.depth}: window centre {e.centre}, predict centres {lo}-{hi}"
 
 
 def find_mask_layer(viewer: napari.viewer.Viewer, volume: Image) -> Labels | None:

@@ -1,8 +1,10 @@
 """2-D images users keep beside a volume (masks, label maps): header peeks and decoding.
 
 Masks and labels of whole scroll segments are 10k-20k px a side, so Pillow's decompression-bomb
-guard is lifted here (these are the user's own files, and an image bigger than the volume is
-refused by shape checks anyway).
+guard is lifted here. The bound comes from the segment instead: given the ``shape`` it must have,
+:func:`read_gray` compares it with the header and refuses a mismatch before a single pixel is
+decoded (a damaged header claiming 100k x 100k px would otherwise allocate 10 GB); without a
+shape, images above :data:`MAX_PIXELS` are refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from napari_inkdetect.errors import CorruptFileError, LabelsError
 from napari_inkdetect.io.atomic import atomic_path
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: largest image decoded when no expected shape bounds it (a whole 60k x 30k px segment fits)
+MAX_PIXELS = 1 << 31
 
 
 @contextlib.contextmanager
@@ -37,24 +41,39 @@ def image_shape(path: Path) -> tuple[int, int]:
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
-                shape = tif.pages[0].shape
-                return int(shape[0]), int(shape[1])
+                return _tiff_shape(tif, path)
         with _no_bomb_limit(), Image.open(path) as im:
             return im.height, im.width
     except FileNotFoundError:
         raise LabelsError(f"{path}: no such file") from None
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+    except (OSError, ValueError, SyntaxError, IndexError, tifffile.TiffFileError) as exc:
         raise CorruptFileError(f"{path}: not a readable image ({exc})") from None
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """Decode a single-channel 2-D image; RGB(A) is accepted when its colour channels are equal."""
+def _tiff_shape(tif: tifffile.TiffFile, path: Path) -> tuple[int, int]:
+    if not len(tif.pages):
+        raise CorruptFileError(f"{path}: not a readable image (a TIFF without any page)")
+    shape = tif.pages[0].shape
+    return int(shape[0]), int(shape[1])
+
+
+def read_gray(
+    path: Path, shape: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Decode a single-channel 2-D image; RGB(A) is accepted when its colour channels are equal.
+
+    ``shape``: the (height, width) it must have; a header saying otherwise is refused before
+    any pixel is decoded. Without it, a header claiming more than ``max_pixels`` is refused.
+    """
     path = Path(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            data = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                _check_header(_tiff_shape(tif, path), shape, max_pixels, path)
+                data = tif.asarray()
         else:
             with _no_bomb_limit(), Image.open(path) as im:
+                _check_header((im.height, im.width), shape, max_pixels, path)
                 if im.mode == "1":
                     im = im.convert("L")
                 elif im.mode == "P":
@@ -62,9 +81,26 @@ def read_gray(path: Path) -> np.ndarray:
                 data = np.asarray(im)
     except FileNotFoundError:
         raise LabelsError(f"{path}: no such file") from None
-    except (OSError, ValueError, SyntaxError, tifffile.TiffFileError) as exc:
+    except MemoryError:
+        raise LabelsError(f"{path}: too large to decode in the memory available") from None
+    except (OSError, ValueError, SyntaxError, IndexError, tifffile.TiffFileError) as exc:
         raise CorruptFileError(f"{path}: not a readable image ({exc})") from None
     return _to_single_channel(data, path)
+
+
+def _check_header(
+    found: tuple[int, int], shape: tuple[int, int] | None, max_pixels: int, path: Path
+) -> None:
+    if shape is not None and tuple(found) != tuple(int(s) for s in shape):
+        raise LabelsError(
+            f"{path}: shape {found[0]} x {found[1]} does not match the volume's "
+            f"{int(shape[0])} x {int(shape[1])}"
+        )
+    if shape is None and found[0] * found[1] > max_pixels:
+        raise LabelsError(
+            f"{path}: header claims {found[0]} x {found[1]} px, more than the {max_pixels} px "
+            "an image beside a volume can have; the file is probably damaged"
+        )
 
 
 def _to_single_channel(data: np.ndarray, path: Path) -> np.ndarray:

@@ -41,7 +41,7 @@ def _fmt(shape: tuple[int, ...]) -> str:
 
 def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A papyrus mask as bool: any non-zero pixel is papyrus."""
-    data = read_gray(path)
+    data = read_gray(path, shape)  # a header of another size is refused before decoding
     if shape is not None:
         check_shape(data, shape, path)
     return data > 0
@@ -69,7 +69,7 @@ def read_labels(
     silently train on wrong labels.
     """
     path = Path(path)
-    data = read_gray(path)
+    data = read_gray(path, shape)
     if shape is not None:
         check_shape(data, shape, path)
     if mask is not None:
@@ -79,13 +79,21 @@ def read_labels(
         return data.astype(np.uint8, copy=False)
     if np.isin(values, (0, 255)).all():
         return encode_binary(data == 255, mask)
-    bad = [int(v) for v in values if v not in (0, 1, 2, 255)][:5]
+    bad = [_value(v) for v in values if v not in (0, 1, 2, 255)][:5]
     if not bad:  # mixes 1/2 with 255
-        bad = [int(v) for v in values]
+        bad = [_value(v) for v in values]
     raise LabelsError(
         f"{path}: label values {bad} are not 0/1/2 (unlabeled/ink/not ink) "
         "nor 0/255 (binary ink labels)"
     )
+
+
+def _value(v: np.generic) -> int | float | str:
+    """A label value for a message: ints as ints, anything else (NaN, 0.5) as it is."""
+    v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v if isinstance(v, int | float) else str(v)
 
 
 def write_labels(path: Path, labels: np.ndarray) -> Path:
@@ -191,8 +199,8 @@ def read_villa_labels(
     Supervised pixels are ink where ``inklabels`` is set and not ink elsewhere; pixels inside
     the validation mask go to the validation labels instead of the training ones.
     """
-    ink = read_gray(paths.inklabels) > 0
-    supervised = read_gray(paths.supervision_mask) > 0
+    ink = read_gray(paths.inklabels, shape) > 0  # headers of another size: refused unread
+    supervised = read_gray(paths.supervision_mask, ink.shape) > 0
     check_shape(supervised, ink.shape, paths.supervision_mask)
     if shape is not None:
         check_shape(ink, shape, paths.inklabels)
@@ -201,7 +209,7 @@ def read_villa_labels(
     labels[supervised & ink] = INK
     if not paths.validation_mask.exists():
         return labels, None
-    held_out = read_gray(paths.validation_mask) > 0
+    held_out = read_gray(paths.validation_mask, ink.shape) > 0
     check_shape(held_out, ink.shape, paths.validation_mask)
     validation = np.where(held_out, labels, UNLABELED).astype(np.uint8)
     labels[held_out] = UNLABELED

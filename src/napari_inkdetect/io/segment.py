@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from napari_inkdetect.io.sources import TiffLayers, ZarrVolume, check_dtype, ins
 SCROLL_VOXEL_UM = 7.91
 FRAGMENT_VOXEL_UM = 3.24
 DEFAULT_CHUNK = 512
+#: sizes beyond any scan (a damaged header): refused before the lazy volume is built
+MAX_SIDE, MAX_LAYERS = 1 << 20, 1 << 16
 _LAYER_NAME = re.compile(r"^(\d+)\.tiff?$", re.IGNORECASE)
 
 
@@ -153,6 +156,7 @@ def open_segment(
     fields = opener(path, layout)
     source = fields.pop("source")
     check_dtype(source.dtype, path)
+    check_volume_shape(source.shape, path)
     volume = da.from_array(
         source,
         chunks=(1, chunk, chunk),
@@ -181,6 +185,19 @@ def open_segment(
     )
     _check_companion_shapes(segment)
     return segment
+
+
+def check_volume_shape(shape: tuple[int, ...], where: Path) -> None:
+    """Refuse an empty volume, or one whose header claims a size no scan has (a damaged
+    header: opening it would build an index of millions of chunks before reading a byte)."""
+    z, y, x = (int(s) for s in shape)
+    if min(z, y, x) < 1:
+        raise SegmentError(f"{where}: empty volume of shape {z} x {y} x {x}")
+    if z > MAX_LAYERS or max(y, x) > MAX_SIDE:
+        raise SegmentError(
+            f"{where}: header claims a volume of {z} x {y} x {x} px (at most {MAX_LAYERS} "
+            f"layers of {MAX_SIDE} px a side are read); the file is probably damaged"
+        )
 
 
 def detect_layout(path: Path) -> str | None:
@@ -282,40 +299,79 @@ def _open_zarr(path: Path, layout: str) -> dict[str, Any]:
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # zarr raises several types for unreadable metadata
-        raise SegmentError(f"{path}: not a readable zarr store ({exc})") from None
+        raise SegmentError(f"{path}: not a readable zarr store ({_first_line(exc)})") from None
     array_path, voxel = "", None
     if not hasattr(node, "shape"):
         array_path, voxel = _ome_full_resolution(node, path)
-        node = node[array_path]
+        try:
+            node = node[array_path]
+        except Exception as exc:  # missing, or metadata that zarr cannot parse
+            raise SegmentError(
+                f"{path}: no readable array {array_path!r} ({_first_line(exc)})"
+            ) from None
+        if not hasattr(node, "shape"):
+            raise SegmentError(f"{path}: {array_path!r} is a group, not an array")
     shape = tuple(int(s) for s in node.shape)
     leading = tuple(0 for s in shape[:-3] if s == 1)
     if len(shape) - len(leading) != 3:
         raise SegmentError(f"{path}: zarr array of shape {shape}; expected (Z, Y, X)")
+    try:
+        dtype = np.dtype(node.dtype)
+    except TypeError:
+        raise SegmentError(
+            f"{path}: zarr array of dtype {node.dtype}; expected uint8 or uint16"
+        ) from None
     return {
-        "source": ZarrVolume(path, array_path, leading, shape[-3:], node.dtype),
+        "source": ZarrVolume(path, array_path, leading, shape[-3:], dtype),
         "segment_id": path.name.removesuffix(".zarr").removesuffix(".ome"),
         "voxel_size_um": voxel,
     }
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
 def _ome_full_resolution(group: Any, path: Path) -> tuple[str, float | None]:
+    """The full-resolution array of an OME-Zarr group, and its voxel size when the metadata
+    gives a usable one (a nonsense scale or unit means "unknown", not an error)."""
     attrs = dict(group.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    ome = attrs.get("ome")
+    multiscales = attrs.get("multiscales") or (
+        ome.get("multiscales") if isinstance(ome, dict) else None
+    )
     if not multiscales:
         arrays = sorted(name for name, _ in group.arrays())
         if not arrays:
             raise SegmentError(f"{path}: zarr group with no arrays and no OME multiscales")
         return arrays[0], None
-    first = multiscales[0]["datasets"][0]
+    first = multiscales[0] if isinstance(multiscales, list) else None
+    datasets = first.get("datasets") if isinstance(first, dict) else None
+    dataset = datasets[0] if isinstance(datasets, list) and datasets else None
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("path"), str):
+        raise SegmentError(
+            f"{path}: OME-Zarr metadata without a usable multiscales[0].datasets[0].path"
+        )
+    return dataset["path"], _ome_voxel(dataset, first.get("axes"))
+
+
+def _ome_voxel(dataset: dict[str, Any], axes: Any) -> float | None:
     voxel = None
-    for transform in first.get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            voxel = float(transform["scale"][-1])
-    axes = multiscales[0].get("axes", [])
-    unit = axes[-1].get("unit") if axes and isinstance(axes[-1], dict) else None
+    transforms = dataset.get("coordinateTransformations")
+    for transform in transforms if isinstance(transforms, list) else []:
+        if not isinstance(transform, dict):
+            continue
+        scale = transform.get("scale")
+        if transform.get("type") == "scale" and isinstance(scale, list) and scale:
+            value = scale[-1]
+            usable = isinstance(value, int | float) and not isinstance(value, bool)
+            voxel = float(value) if usable and math.isfinite(value) and value > 0 else None
+    last = axes[-1] if isinstance(axes, list) and axes else None
+    unit = last.get("unit") if isinstance(last, dict) else None
     if voxel is not None and unit not in ("micrometer", None):
         voxel = None  # only micrometres compare with the known scan resolutions
-    return first["path"], voxel
+    return voxel
 
 
 def _find_companions(folder: Path, segment_id: str) -> dict[str, Any]:

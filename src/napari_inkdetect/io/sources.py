@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from napari_inkdetect.errors import CorruptFileError, SegmentError
+from napari_inkdetect.errors import CorruptFileError, InkDetectError, SegmentError
 
 SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
@@ -56,10 +56,12 @@ def inspect_tiff(path: Path) -> list[LayerInfo]:
             ]
     except FileNotFoundError:
         raise SegmentError(f"{path}: no such file") from None
-    except CorruptFileError:
+    except InkDetectError:
         raise
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
+    except Exception as exc:  # a damaged header makes tifffile raise many types
         raise CorruptFileError(f"{path}: not a readable TIFF ({exc})") from None
+    if not infos:
+        raise CorruptFileError(f"{path}: not a readable TIFF (no image in it)")
     return infos
 
 
@@ -192,13 +194,13 @@ class ZarrVolume:
         self.__init__(**state)
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
-        if self._array is None:
-            import zarr
-
-            self._array = zarr.open_array(self.path / self.array_path, mode="r")
         zs, ys, xs = _normalize(key, self.shape)
         z = slice(zs[0], zs[-1] + 1) if len(zs) else slice(0, 0)
         try:
+            if self._array is None:
+                import zarr
+
+                self._array = zarr.open_array(self.path / self.array_path, mode="r")
             out = np.asarray(self._array[(*self.leading, z, ys, xs)], dtype=self.dtype)
         except Exception as exc:  # codec errors come in many types
             raise CorruptFileError(f"{self.path}: cannot read block ({exc})") from None

@@ -210,8 +210,12 @@ def _torch_load(path: Path) -> Any:
             "arbitrary code; if you trust its source, re-save it as weights only "
             "(torch.save(state_dict) of plain tensors) and load that"
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, SafetensorError) as exc:
-        # torch >= 2.13 hands some files to safetensors itself, whose errors come through too
+    except (
+        RuntimeError, EOFError, KeyError, ValueError, OSError, SafetensorError, IndexError,
+        TypeError, AttributeError,
+    ) as exc:  # fmt: skip
+        # torch >= 2.13 hands some files to safetensors itself, whose errors come through too;
+        # a damaged pickle stream makes the unpickler itself fail in many ways
         reason = str(exc).split(". ")[0] or type(exc).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
 
@@ -293,6 +297,8 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, float]:
     if conv1 is None or not all(stages):
         raise CheckpointError(f"encoder with stages {stages} and no complete stem")
     conv3 = state.get("encoder.layer1.0.conv3.weight")
+    if conv1.dim() < 2 or (conv3 is not None and conv3.dim() < 2):
+        raise CheckpointError(f"convolution weights of shape {tuple(conv1.shape)}")
     if conv3 is None:
         block = "basic"
     else:
@@ -307,15 +313,19 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, float]:
 def _resolve_arch(
     path: Path, state: dict[str, torch.Tensor], arch: str | None, width: float | None
 ) -> tuple[str, float]:
-    if arch is not None and width is not None:
-        return canonical_name(arch), width
     try:
-        inferred_arch, inferred_width = infer_architecture(state)
-    except CheckpointError as exc:
-        if arch is None:
-            raise CheckpointError(f"{path}: unrecognised layout: {exc}") from None
-        inferred_arch, inferred_width = arch, 1.0
-    return canonical_name(arch or inferred_arch), width if width is not None else inferred_width
+        if arch is not None and width is not None:
+            return canonical_name(arch), width
+        try:
+            inferred_arch, inferred_width = infer_architecture(state)
+        except CheckpointError as exc:
+            if arch is None:
+                raise CheckpointError(f"{path}: unrecognised layout: {exc}") from None
+            inferred_arch, inferred_width = arch, 1.0
+        width = width if width is not None else inferred_width
+        return canonical_name(arch or inferred_arch), width
+    except ConfigError as exc:  # an unknown architecture name in the file's metadata
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def _match_state(
@@ -337,6 +347,9 @@ def _match_state(
         if tensor is None:
             report.initialised.append(key)
             continue
+        if want.is_floating_point() and not tensor.is_floating_point():
+            kind = str(tensor.dtype).removeprefix("torch.")
+            raise CheckpointError(f"{path}: {key} holds {kind} values, not floating-point weights")
         if key == "encoder.conv1.weight" and tensor.shape[1] != want.shape[1] == 1:
             report.adapted.append(
                 f"{key}: summed {tensor.shape[1]} input channels to 1 (RGB-pretrained stem)"
@@ -411,8 +424,11 @@ def load_checkpoint(
     if info is not None:
         kind = KIND_NAPARI_INKDETECT
     arch, width = _resolve_arch(path, state, arch, width)
-    with torch.device(device):
-        model = InkDetector(arch, width)
+    try:
+        with torch.device(device):
+            model = InkDetector(arch, width)
+    except ConfigError as exc:  # e.g. a width out of range in the file's metadata
+        raise CheckpointError(f"{path}: {exc}") from None
     report = LoadReport(path, kind, container, arch, width, stripped_prefix=prefix or None)
     chosen = _match_state(path, model, state, report)
     if require_complete and not report.complete:
@@ -436,15 +452,49 @@ def load_checkpoint(
 
 def _info_from_metadata(path: Path, text: str) -> CheckpointInfo:
     try:
-        info = CheckpointInfo.from_dict(json.loads(text))
-    except (json.JSONDecodeError, TypeError, ConfigError) as exc:
+        data = json.loads(text)
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        info = CheckpointInfo.from_dict(data)
+    except (ValueError, TypeError, ConfigError) as exc:  # JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: unreadable {METADATA_KEY} metadata ({exc})") from None
+    problem = _metadata_problem(info)
+    if problem:
+        raise CheckpointError(f"{path}: damaged {METADATA_KEY} metadata: {problem}")
     if info.format_version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: written in checkpoint format {info.format_version} by a newer "
             f"napari-inkdetect (this one reads up to {FORMAT_VERSION}); please upgrade"
         )
     return info
+
+
+def _metadata_problem(info: CheckpointInfo) -> str | None:
+    """What makes metadata unusable (a value of the wrong type or out of range), or None."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v: Any, least: int = 1) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    checks = {
+        "format_version": count(info.format_version, 0),
+        "arch": isinstance(info.arch, str),
+        "width": number(info.width) and info.width > 0,
+        "in_chans": count(info.in_chans),
+        "in_layers": count(info.in_layers),
+        "tile_size": count(info.tile_size),
+        "scale": number(info.scale) and info.scale > 0,
+        "depth_scale": isinstance(info.depth_scale, bool),
+        "depth_reverse": isinstance(info.depth_reverse, bool),
+        "start_layer": info.start_layer is None or count(info.start_layer, 0),
+        "head": isinstance(getattr(info, "head", ""), str),
+        "normalisation": isinstance(info.normalisation, dict),
+        "provenance": isinstance(info.provenance, dict),
+    }
+    bad = next((name for name, ok in checks.items() if not ok), None)
+    return None if bad is None else f"{bad} = {getattr(info, bad)!r}"[:120]
 
 
 def _header_metadata(path: Path) -> dict[str, str]:

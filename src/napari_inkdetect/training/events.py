@@ -56,7 +56,9 @@ class ValidationPlanned:
 class Validated:
     """Scores on the validation region after ``step`` steps; ``n_groups`` held-out ink groups
     and ``n_ink``/``n_not_ink`` pixels beside them; ``border_fp`` is the share of not-ink in
-    the 16 px band inside the mask's border called ink at 0.5 (None: no border in view)."""
+    the 16 px band inside the mask's border called ink at 0.5 (None: no border in view).
+    ``chance_f05`` is what calling every pixel ink scores on the same pixels: a model near
+    it has learnt nothing, whatever the number looks like (it rises with the ink fraction)."""
 
     step: int
     f05: float
@@ -69,6 +71,7 @@ class Validated:
     n_not_ink: int = 0
     dense: bool = False
     border_fp: float | None = None
+    chance_f05: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ all in :mod:`.distributed` (``run.dist``), which is the identity in a single pro
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import hashlib
@@ -32,10 +33,11 @@ from torch import nn
 
 from napari_inkdetect.calibration import fit_platt
 from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
-from napari_inkdetect.io.atomic import atomic_path
+from napari_inkdetect.io.atomic import atomic_path, make_folder, unwritable
 from napari_inkdetect.io.labels import INK, NOT_INK
+from napari_inkdetect.io.locks import OutputLock
 from napari_inkdetect.io.segment import open_segment, read_segment_labels
-from napari_inkdetect.metrics import score
+from napari_inkdetect.metrics import chance_f05, score
 from napari_inkdetect.models import (
     InkDetector,
     autocast_context,
@@ -85,6 +87,7 @@ from napari_inkdetect.windows import (
 
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.jsonl"
 LAST, BEST, STATE = "last.safetensors", "best.safetensors", "last.state.pt"
+PENDING_LAST = ".last.pending.safetensors"  # renamed to LAST once the state is written
 
 
 # --------------------------------------------------------------------------- setup
@@ -212,7 +215,7 @@ def _prepare_dir(config: TrainConfig, write: bool = True) -> TrainConfig:
     if config.resume:
         if not (run_dir / STATE).exists() or not saved.exists():
             raise ConfigError(f"{run_dir}: nothing to resume (no {STATE} / {CONFIG_FILE})")
-        stored = TrainConfig.from_dict(json.loads(saved.read_text()))
+        stored = _stored_config(saved)
         changed = stored.differences(config)
         if changed:
             raise ConfigError(
@@ -225,10 +228,22 @@ def _prepare_dir(config: TrainConfig, write: bool = True) -> TrainConfig:
         )
     if not write:
         return config
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir, "run folder")
     _write_text(saved, json.dumps(config.to_dict(), indent=2) + "\n")
     _write_text(run_dir / METRICS_FILE, "")
     return config
+
+
+def _stored_config(path: Path) -> TrainConfig:
+    """The settings a run was started with, or one line saying why they cannot be read."""
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError, ConfigError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"{path}: unreadable run settings ({reason}); this run cannot be resumed: start a "
+            "new one in another folder"
+        ) from None
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -358,8 +373,10 @@ def _write_model(run: _Run, name: str, metrics: dict[str, Any] | None) -> Path:
 
 
 def _save_last(run: _Run) -> Path:
-    """Weights, then the resume state (optimiser etc.), both atomically."""
-    path = _save_model(run, LAST, run.best_metrics)
+    """Weights, then the resume state (optimiser etc.), both atomically. The weights go to a
+    pending file renamed only once the state is written: a write that fails (a full disk)
+    leaves the previous pair, which agree, so the run still resumes."""
+    pending = _save_model(run, PENDING_LAST, run.best_metrics)
     state = {
         "step": run.step,
         "optimizer": run.optimizer.state_dict(),
@@ -368,13 +385,17 @@ def _save_last(run: _Run) -> Path:
         "best_metrics": json.dumps(run.best_metrics),
         "micro_batch": run.micro_batch,
     }
-    with atomic_path(run.run_dir / STATE) as tmp:
-        torch.save(state, tmp)
-    return path
+    try:
+        with atomic_path(run.run_dir / STATE) as tmp:
+            torch.save(state, tmp)
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
+    return pending.replace(run.run_dir / LAST)
 
 
 def _load_state(run: _Run) -> None:
-    state = torch.load(run.run_dir / STATE, map_location="cpu", weights_only=True)
+    state = _read_state(run.run_dir / STATE)
     model, _ = load_checkpoint(run.run_dir / LAST, device="cpu")
     saved_steps = (model.info.provenance or {}).get("steps") if model.info else None
     if saved_steps != state["step"]:
@@ -383,21 +404,59 @@ def _load_state(run: _Run) -> None:
             "disagree; the run was killed while saving; start a new run"
         )
     run.model.load_state_dict(model.state_dict())
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scaler.load_state_dict(state["scaler"])
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.best_metrics = json.loads(state["best_metrics"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        raise _damaged_state(run.run_dir / STATE, exc) from None
     run.step, run.best_f05 = int(state["step"]), float(state["best_f05"])
-    run.best_metrics = json.loads(state["best_metrics"])
     if not run.dist.active:  # under DDP: one micro-batch per rank, always
         run.micro_batch = int(state["micro_batch"])
     if run.dist.is_main:
         _truncate_metrics(run.run_dir / METRICS_FILE, run.step)
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """The resume state (optimiser etc.), checked to hold what :func:`_save_last` writes."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or damaged: torch raises many types
+        raise _damaged_state(path, exc) from None
+    if not isinstance(state, dict):
+        raise _damaged_state(path, f"holds a {type(state).__name__}, not the state of a run")
+    kinds = {"step": int, "optimizer": dict, "scaler": dict, "best_f05": float | int,
+             "best_metrics": str, "micro_batch": int}  # fmt: skip
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise _damaged_state(path, f"{key} missing or of the wrong type")
+    return state
+
+
+def _damaged_state(path: Path, reason: Any) -> ConfigError:
+    reason = str(reason).splitlines()[0][:120] if str(reason) else type(reason).__name__
+    return ConfigError(
+        f"{path}: damaged resume state ({reason}); this run cannot be resumed: start a new one "
+        "(its checkpoints can be the --init of it)"
+    )
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the log lines written after the checkpoint a resumed run restarts from."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    """Drop the log lines written after the checkpoint a resumed run restarts from, and any
+    that is not a record (a run killed mid-write leaves a torn last line)."""
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    kept = [line for line in lines if (s := _logged_step(line)) is not None and s <= step]
     _write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _logged_step(line: str) -> float | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step", 0) if isinstance(record, dict) else None
+    usable = isinstance(step, int | float) and not isinstance(step, bool) and math.isfinite(step)
+    return step if usable else None
 
 
 def _log(run: _Run, record: dict[str, Any]) -> None:
@@ -616,6 +675,7 @@ def _validate(run: _Run) -> dict[str, Any]:
     scores = score(prob, truth).to_dict()
     scores["calibration"] = calibration.to_dict()
     scores["raw_best_threshold"] = score(raw, truth).best_threshold
+    scores["chance_f05"] = chance_f05(scores["n_ink"], scores["n_not_ink"])
     in_band = np.concatenate(band) if band else np.zeros(truth.shape, bool)
     paper_band = in_band & (truth == NOT_INK)
     scores["border_fp"] = float(np.mean(prob[paper_band] >= 0.5)) if paper_band.any() else None
@@ -646,6 +706,7 @@ def _after_step(run: _Run) -> Iterator[Any]:
             n_not_ink=metrics["n_not_ink"],
             dense=metrics["dense"],
             border_fp=metrics["border_fp"],
+            chance_f05=metrics["chance_f05"],
         )
         if metrics["best_f05"] > run.best_f05:
             run.best_f05, run.best_metrics = metrics["best_f05"], metrics
@@ -706,7 +767,22 @@ def train(config: TrainConfig, stop: Any = None) -> Iterator[Any]:
     divergence (NaN loss) or out of memory at batch 1.
 
     Under torchrun (see :mod:`.distributed`) every rank trains; ranks other than 0 yield
-    only :class:`TrainFinished`."""
+    only :class:`TrainFinished`. Rank 0 holds the run folder's lock (:mod:`..io.locks`): a
+    second run into the same folder is refused."""
+    with _run_lock(config) as lock:
+        yield from _locked(config, stop, lock)
+
+
+@contextlib.contextmanager
+def _run_lock(config: TrainConfig) -> Iterator[OutputLock | None]:
+    if not Distributed.from_env().is_main:
+        yield None
+        return
+    with OutputLock(config.out, "run folder") as lock:
+        yield lock
+
+
+def _locked(config: TrainConfig, stop: Any, lock: OutputLock | None) -> Iterator[Any]:
     run = _setup(config)
     try:
         params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
@@ -718,9 +794,31 @@ def train(config: TrainConfig, stop: Any = None) -> Iterator[Any]:
             yield ValidationPlanned(
                 plan.source, plan.n_groups, plan.n_ink, plan.n_not_ink, plan.dense, plan.summary()
             )
-        yield from _loop(run, stop)
+        with contextlib.closing(_loop(run, stop)) as events:
+            for event in events:
+                _check_run_dir(run, lock)
+                yield event
+    except OSError as exc:  # a full disk, the run folder removed, a network drive gone
+        raise _run_failed(run.run_dir, exc) from None
     finally:
         run.close()
+
+
+def _check_run_dir(run: _Run, lock: OutputLock | None) -> None:
+    """Stop when the run folder was removed (checkpoints would land in a recreated folder
+    without its settings) or the lock was taken over."""
+    if lock is not None and not run.run_dir.is_dir():
+        raise ConfigError(f"{run.run_dir}: the run folder was removed during the run; stopping")
+    if lock is not None:
+        lock.verify()
+
+
+def _run_failed(run_dir: Path, exc: OSError) -> ConfigError:
+    if not run_dir.is_dir():
+        return ConfigError(f"{run_dir}: the run folder was removed during the run; stopping")
+    where = Path(exc.filename) if exc.filename else run_dir
+    error = unwritable(where, exc, "cannot be written" if run_dir in where.parents else "failed")
+    return ConfigError(f"{error}; what was saved so far is kept: resume the run to go on")
 
 
 def run_training(config: TrainConfig, stop: Any = None) -> Path:
