@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
-from PIL import Image
+from segment_files import random_volume, write_layers, write_png
 
 # Keep the sample segment and pyramid caches out of the user's home during tests.
 os.environ.setdefault("NAPARI_INKDETECT_CACHE", tempfile.mkdtemp(prefix="inkdetect-test-cache-"))
@@ -21,27 +20,6 @@ def dock_settings(tmp_path_factory, monkeypatch) -> Path:
     not another test's): napari_inkdetect._widgets._settings reads the variable."""
     path = tmp_path_factory.mktemp("settings") / "napari-inkdetect.ini"
     monkeypatch.setenv("NAPARI_INKDETECT_SETTINGS", str(path))
-    return path
-
-
-def random_volume(shape=(6, 96, 128), dtype=np.uint16, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(1, np.iinfo(dtype).max, shape, dtype=dtype)
-
-
-def write_layers(folder: Path, volume: np.ndarray, digits: int = 2, **kwargs) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for z, plane in enumerate(volume):
-        f = folder / f"{z:0{digits}d}.tif"
-        tifffile.imwrite(f, plane, **kwargs)
-        files.append(f)
-    return files
-
-
-def write_png(path: Path, data: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(data, np.uint8)).save(path)
     return path
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import random_volume, write_layers
+from segment_files import random_volume, write_layers
 
 from napari_inkdetect import _napari_layers
 from napari_inkdetect._reader import get_reader
@@ -54,7 +54,7 @@ def test_open_reads_only_the_shown_layer_and_a_sample(make_napari_viewer, tmp_pa
 def test_reader_declines_what_is_not_a_volume(tmp_path):
     (tmp_path / "empty").mkdir()
     assert get_reader(str(tmp_path / "empty")) is None
-    from conftest import write_png
+    from segment_files import write_png
 
     assert get_reader(str(write_png(tmp_path / "x.png", np.zeros((4, 4))))) is None
     import tifffile

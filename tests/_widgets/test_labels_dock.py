@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_png
 from napari.utils.notifications import notification_manager
+from segment_files import write_png
 
 from napari_inkdetect._napari_layers import segment_layers
 from napari_inkdetect._widgets.labels_dock import (

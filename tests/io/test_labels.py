@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from conftest import write_png
 from PIL import Image
+from segment_files import write_png
 
 from napari_inkdetect.errors import CorruptFileError, LabelsError
 from napari_inkdetect.io.images import read_gray

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import random_volume, write_layers, write_png
+from segment_files import random_volume, write_layers, write_png
 
 from napari_inkdetect import open_segment
 from napari_inkdetect.errors import CorruptFileError, LabelsError, SegmentError

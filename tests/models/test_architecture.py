@@ -8,7 +8,7 @@ import pytest
 import torch
 
 # The fixtures `golden` and `layouts` are imported from the helper module (no conftest here,
-# so that `from conftest import ...` in other test folders keeps meaning tests/conftest.py).
+# so that `import conftest` in other test folders keeps meaning tests/conftest.py).
 from model_fixtures import arch_of_entry, golden, golden_state, layouts, load_layouts  # noqa: F401
 
 from napari_inkdetect.errors import ConfigError
