@@ -3,7 +3,7 @@
 Run: ``python benchmarks/bench_cluster.py [--quick] [--arch resnet10 --width 0.25]
 [--size 1024] [--tile 64]``.
 
-1. Scaling: tiles/s of :func:`napari_inkdetect.cluster.predict_on_cluster` on a warm
+1. Scaling: tiles/s of :func:`napari_inkdetect.inference.predict` with a scheduler on a warm
    ``LocalCluster`` of 2 workers x 1 thread vs 1 worker x 1 thread, same job (every worker
    runs torch on one thread, ``OMP_NUM_THREADS=1``). Target: ratio >= 1.7 on 2 free cores.
    Single-process :func:`napari_inkdetect.inference.predict` with ``torch.set_num_threads(1)``
@@ -33,13 +33,6 @@ import torch
 from distributed import Client, LocalCluster
 from distributed.protocol.pickle import dumps
 
-from napari_inkdetect import inference
-from napari_inkdetect.cluster import (
-    PinnedNanny,
-    _predict_block,
-    _task_config,
-    predict_on_cluster,
-)
 from napari_inkdetect.inference import (
     PredictConfig,
     PredictFinished,
@@ -47,10 +40,17 @@ from napari_inkdetect.inference import (
     open_job,
     predict,
 )
+from napari_inkdetect.inference import job as inference_job
+from napari_inkdetect.inference.cluster import (
+    PinnedNanny,
+    _predict_block,
+    _task_config,
+)
 from napari_inkdetect.io.sources import ReadCounter
 from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
-from napari_inkdetect.windows import read_raw, to_model_input
+from napari_inkdetect.window_tensors import to_model_input
+from napari_inkdetect.windows import read_raw
 
 LAYERS = 26
 SCROLL = (65, 13513, 17381)  # a typical segment: layers, height, width
@@ -116,7 +116,7 @@ def on_cluster(config: PredictConfig, client: Client) -> dict[str, float]:
 
 def _drain(config: PredictConfig, client: Client) -> tuple[PredictStarted, PredictFinished]:
     address = client.scheduler.address
-    events = list(predict_on_cluster(config, scheduler=address, read_chunks=False))
+    events = list(predict(config.with_(scheduler=address, chunk_events=False)))
     return events[0], events[-1]
 
 
@@ -184,10 +184,10 @@ def geometry(config: PredictConfig, folder: Path, starts: int) -> dict[str, int]
     nz, ny, nx = SCROLL
     first = (nz - job.spec.layers) // 2 - starts // 2
     region = (0, 0, ny, nx)
-    tiles = inference._tile_mask(None, region, job.spec.extent, job.stride)
+    tiles = inference_job._tile_mask(None, region, job.spec.extent, job.stride)
     job = replace(job, region=region, tiles=tiles, region_mask=None,
                   start_layers=tuple(range(first, first + starts)))  # fmt: skip
-    chunks = inference._pending_chunks(job, np.zeros(job.chunk_grid, bool))
+    chunks = job.pending()
     positions = sum(len(job.chunk_tiles(*c)) for c in chunks)
     return {"positions": int(tiles.sum()), "computed_positions": positions,
             "windows": positions * job.windows_per_tile, "chunks": len(chunks),

@@ -27,7 +27,7 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_inkdetect.inference import PredictConfig, PredictFinished, _batches, open_job, predict
+from napari_inkdetect.inference import PredictConfig, PredictFinished, open_job, predict
 from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
 
@@ -50,7 +50,7 @@ def forward_ceiling(config: PredictConfig, batches: int) -> float:
     job = open_job(config)
     chunk = next(c for c in np.ndindex(job.chunk_grid) if job.chunk_tiles(*c))
     inputs = []
-    for batch in _batches(job, [chunk], threading.Event()):
+    for batch in batches(job, [chunk], threading.Event()):
         if len(batch.rows) == config.batch_size:
             inputs.append(job.speed.prepare_input(batch.inputs.to(job.device)))
         if len(inputs) == min(batches, 4):

@@ -26,10 +26,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from napari_inkdetect.inference import PredictConfig, open_prediction, run_prediction
+from napari_inkdetect.engine import drain
+from napari_inkdetect.inference import PredictConfig, predict
 from napari_inkdetect.io.labels import apply_dense_boxes
+from napari_inkdetect.io.prediction_store import open_prediction
 from napari_inkdetect.io.segment import open_segment
-from napari_inkdetect.metrics import chance_f05, score
+from napari_inkdetect.scoring.metrics import chance_f05, score
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import AugmentConfig, LossConfig, TrainConfig, Validated, train
 from napari_inkdetect.training.presets import PRESETS
@@ -102,11 +104,11 @@ def run_case(variant: str, seed: int, args: argparse.Namespace, tmp: Path) -> di
     t0 = time.perf_counter()
     validations = [e for e in train(config) if isinstance(e, Validated)]
     seconds = time.perf_counter() - t0
-    out = run_prediction(
+    out = drain(predict(
         PredictConfig(segment=str(folder), checkpoint=str(Path(config.out) / "best.safetensors"),
                       out=str(tmp / f"pred-{variant}-{seed}.zarr"), start_layers=[start],
                       device="cpu", region=(0, 0, *seg.mask.shape))
-    )  # fmt: skip
+    )).path  # fmt: skip
     prob = np.asarray(open_prediction(out)[0][0]).astype(np.float32) / 255
     held = seg.validation_labels(5)  # dense truth around letters 6.. (never trained on)
     if args.save:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_inkdetect.calibration import Calibration, fit_platt
-from napari_inkdetect.metrics import score
 from napari_inkdetect.models import InkDetector
+from napari_inkdetect.scoring.calibration import Calibration, fit_platt
+from napari_inkdetect.scoring.metrics import score
 
 
 def _squeezed(rng: np.random.Generator, n: int = 20_000) -> tuple[np.ndarray, np.ndarray]:

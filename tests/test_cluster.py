@@ -16,15 +16,8 @@ import torch
 import zarr
 from distributed import Client, LocalCluster
 
-from napari_inkdetect import inference
 from napari_inkdetect.cli import main
-from napari_inkdetect.cluster import (
-    MALLOC_SETTINGS,
-    ClusterReady,
-    PinnedNanny,
-    _environ_restorer,
-    predict_on_cluster,
-)
+from napari_inkdetect.engine import drain
 from napari_inkdetect.errors import ClusterError
 from napari_inkdetect.inference import (
     BatchDone,
@@ -33,9 +26,16 @@ from napari_inkdetect.inference import (
     PredictFinished,
     PredictStarted,
     pending_chunks,
+    predict,
     predict_chunk,
     prepare_output,
-    run_prediction,
+)
+from napari_inkdetect.inference import job as inference_job
+from napari_inkdetect.inference.cluster import (
+    MALLOC_SETTINGS,
+    ClusterReady,
+    PinnedNanny,
+    _environ_restorer,
 )
 from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
@@ -53,7 +53,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     ckpt = save_checkpoint(root / "random.safetensors", InkDetector("resnet10", width=0.125),
                            tile_size=64)  # fmt: skip
     data = {"segment": segment, "checkpoint": ckpt, "root": root}
-    run_prediction(_config(data, root / "reference.zarr"))
+    drain(predict(_config(data, root / "reference.zarr")))
     return {**data, "reference": _prob(root / "reference.zarr")}
 
 
@@ -89,7 +89,7 @@ def _chunk_keys(cluster) -> set[str]:
 
 
 def _cache_info() -> tuple[int, int]:
-    info = inference._job_from_json.cache_info()
+    info = inference_job.job_from_json.cache_info()
     return info.hits, info.misses
 
 
@@ -100,13 +100,13 @@ def _worker_env() -> tuple[str | None, str | None, str | None, int]:
 
 
 def _hide(prefix: str) -> None:
-    import napari_inkdetect.cluster as c
+    import napari_inkdetect.inference.cluster as c
 
     c._visible = lambda path: not str(path).startswith(prefix)
 
 
 def _unhide() -> None:
-    import napari_inkdetect.cluster as c
+    import napari_inkdetect.inference.cluster as c
 
     c._visible = os.path.exists
 
@@ -120,7 +120,7 @@ def test_local_workers_stop_then_resume_match_one_process(data, tmp_path, cluste
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     children = set(multiprocessing.active_children())
     first = []
-    for event in predict_on_cluster(cfg, workers=2, stop=stop):
+    for event in predict(cfg.with_(workers=2), stop=stop):
         first.append(event)
         if isinstance(event, ChunkDone):
             stop.set()
@@ -133,7 +133,7 @@ def test_local_workers_stop_then_resume_match_one_process(data, tmp_path, cluste
     assert not set(multiprocessing.active_children()) - children  # the cluster is closed
     assert os.environ["OMP_NUM_THREADS"] == "7" and "MALLOC_MMAP_THRESHOLD_" not in os.environ
     done = int(zarr.open_group(str(tmp_path / "p.zarr"))["done"][...].sum())
-    second = list(predict_on_cluster(cfg, scheduler=cluster.scheduler_address))
+    second = list(predict(cfg.with_(scheduler=cluster.scheduler_address)))
     assert not second[1].local and second[0].done_chunks == done >= 1
     prob = _prob(tmp_path / "p.zarr")
     np.testing.assert_array_equal(prob, data["reference"])
@@ -152,9 +152,9 @@ def _wait_until(condition, timeout_s: float = 10.0) -> None:
 
 def test_model_loads_once_per_worker_and_workers_are_pinned(data, tmp_path, cluster):
     client = cluster.test_client
-    client.run(inference._job_from_json.cache_clear)
+    client.run(inference_job.job_from_json.cache_clear)
     cfg = _config(data, tmp_path / "p.zarr")
-    events = list(predict_on_cluster(cfg, scheduler=cluster.scheduler_address, read_chunks=False))
+    events = list(predict(cfg.with_(scheduler=cluster.scheduler_address, chunk_events=False)))
     assert not any(isinstance(e, ChunkDone) for e in events)
     assert sum(isinstance(e, BatchDone) for e in events) == 12  # one per finished chunk
     calls = client.run(_cache_info)
@@ -172,7 +172,7 @@ def test_killed_worker_gives_an_identical_result(data, tmp_path, cluster):
     client = cluster.test_client
     pids, before, killed = client.run(os.getpid), _chunk_keys(cluster), None
     cfg = _config(data, tmp_path / "p.zarr")
-    for event in predict_on_cluster(cfg, scheduler=cluster.scheduler_address, read_chunks=False):
+    for event in predict(cfg.with_(scheduler=cluster.scheduler_address, chunk_events=False)):
         if isinstance(event, BatchDone) and killed is None:
             busy = [w for w, keys in client.processing().items() if keys]
             killed = pids[busy[0]]
@@ -196,7 +196,7 @@ def test_resume_submits_only_pending_chunks(data, tmp_path, cluster):
     files = {i: tmp_path / "p.zarr" / "prob" / "c" / "0" / str(i[0]) / str(i[1]) for i in early}
     mtimes = {i: f.stat().st_mtime_ns for i, f in files.items()}
     before = _chunk_keys(cluster)
-    events = list(predict_on_cluster(cfg, scheduler=cluster.scheduler_address))
+    events = list(predict(cfg.with_(scheduler=cluster.scheduler_address)))
     assert len(_chunk_keys(cluster) - before) == 7  # tasks submitted
     assert events[0].done_chunks == 5 and events[0].total_chunks == 12
     assert sorted(e.index for e in events if isinstance(e, ChunkDone)) == every[5:]
@@ -212,8 +212,8 @@ def test_paths_the_workers_cannot_see(data, tmp_path, cluster):
     client.run(_hide, str(data["segment"]))
     try:
         with pytest.raises(ClusterError, match="filesystem that all workers share") as err:
-            list(predict_on_cluster(_config(data, tmp_path / "p.zarr"),
-                                    scheduler=cluster.scheduler_address))  # fmt: skip
+            list(predict(_config(data, tmp_path / "p.zarr").with_(
+                scheduler=cluster.scheduler_address)))  # fmt: skip
     finally:
         client.run(_unhide)
     assert "2 of 2 dask workers" in str(err.value) and str(data["segment"]) in str(err.value)

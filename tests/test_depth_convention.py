@@ -13,21 +13,22 @@ import torch
 import zarr
 from scipy import ndimage
 
-from napari_inkdetect import inference
 from napari_inkdetect._napari_layers import prediction_layers, prediction_placement
 from napari_inkdetect.cli import main
+from napari_inkdetect.engine import drain
 from napari_inkdetect.errors import ConfigError
 from napari_inkdetect.export import render_sweep
-from napari_inkdetect.inference import PredictConfig, open_job, run_prediction
+from napari_inkdetect.inference import PredictConfig, open_job, predict
+from napari_inkdetect.inference.pipeline import windows
 from napari_inkdetect.io.segment import open_segment
 from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.models.checkpoints import read_checkpoint_metadata
 from napari_inkdetect.synthetic import make_segment, write_segment
+from napari_inkdetect.window_tensors import to_model_input
 from napari_inkdetect.windows import (
     WindowSpec,
     centre_bounds,
     read_raw,
-    to_model_input,
     window_centre,
     window_start,
 )
@@ -106,7 +107,7 @@ def test_depth_scaled_windows_are_centred_where_unscaled_ones_are(tmp_path, star
     )  # fmt: skip
     job = open_job(PredictConfig(str(seg.path), str(ckpt), str(tmp_path / "p.zarr"),
                                  start_layers=[start], device="cpu"))  # fmt: skip
-    _, _, predicted = next(inference._windows(job, 0, 0))
+    _, _, predicted = next(windows(job, 0, 0))
     y0, x0 = job.region[:2]
     expected = to_model_input(read_raw(job.segment, start, y0, x0, job.spec), job.spec)
     torch.testing.assert_close(predicted, expected)
@@ -213,7 +214,7 @@ def test_run_prediction_records_centres_beside_starts(inked, model, tmp_path):
                            region=(64, 64, 128, 128), centre_layers=[c])  # fmt: skip
     with pytest.raises(ConfigError, match="not both"):
         config.with_(start_layers=[3])
-    run_prediction(config)
+    drain(predict(config))
     prov = zarr.open_group(str(config.out), mode="r").attrs["napari_inkdetect"]
     assert prov["start_layers"] == [c - 11] and prov["centre_layers"] == [c]
     assert "centre_layers[i] = start_layers[i] + layers // 2" in prov["convention"]

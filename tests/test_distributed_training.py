@@ -25,11 +25,12 @@ import torch
 from safetensors.torch import load_file
 
 from napari_inkdetect.cli import build_parser, main
+from napari_inkdetect.engine import drain
 from napari_inkdetect.models import InkDetector, read_checkpoint_metadata
+from napari_inkdetect.options import command_line
 from napari_inkdetect.synthetic import make_segment, write_segment
-from napari_inkdetect.training import AugmentConfig, TrainConfig, run_training
-from napari_inkdetect.training import trainer as trainer_module
-from napari_inkdetect.training.distributed import command_line
+from napari_inkdetect.training import AugmentConfig, TrainConfig, train
+from napari_inkdetect.training import run as run_module
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 SCRIPT = Path(__file__).with_name("_ddp_train.py")
@@ -120,12 +121,12 @@ def test_two_processes_equal_one_accumulating(ddp_runs, folder, tmp_path, monkey
     # Each rank's 2 tiles are its whole share, so its BatchNorm trains on them; the simulated
     # halving would freeze it, so the reference keeps BatchNorm training like the ranks do.
     monkeypatch.setattr(
-        trainer_module, "batchnorm_should_freeze", lambda micro, frozen, **_: bool(frozen)
+        run_module, "batchnorm_should_freeze", lambda micro, frozen, **_: bool(frozen)
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank (OMP_NUM_THREADS=1): the same summation order
     try:
-        single = run_training(_config(folder, tmp_path / "single"))
+        single = drain(train(_config(folder, tmp_path / "single"))).run_dir
     finally:
         torch.set_num_threads(threads)
     ddp, one = _steps(tmp / "full"), _steps(single)

@@ -11,10 +11,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from napari_inkdetect.inference import PredictConfig, open_prediction, run_prediction
+from napari_inkdetect.engine import drain
+from napari_inkdetect.inference import PredictConfig, predict
 from napari_inkdetect.io.labels import apply_dense_boxes
+from napari_inkdetect.io.prediction_store import open_prediction
 from napari_inkdetect.io.segment import open_segment
-from napari_inkdetect.metrics import score
+from napari_inkdetect.scoring.metrics import score
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import AugmentConfig, LossConfig, TrainConfig, Validated, train
 from napari_inkdetect.training.validation import border_band
@@ -72,11 +74,11 @@ def test_train_then_predict_finds_held_out_letters_at_the_ink_depth(tmp_path):
 
     starts = [0, start, 24, 33, 42]  # 33 and 42: windows entirely below the ink band
     assert z1 < 33 and 42 + LAYERS <= 64
-    out = run_prediction(
+    out = drain(predict(
         PredictConfig(segment=str(folder), checkpoint=str(tmp_path / "run" / "best.safetensors"),
                       out=str(tmp_path / "pred.zarr"), start_layers=starts, device="cpu",
                       region=(0, 0, 256, 384))
-    )  # fmt: skip
+    )).path  # fmt: skip
     prob, prov = open_prediction(out)
     assert list(prov["start_layers"]) == starts and prob.shape == (5, 256, 384)
     planes = np.asarray(prob)

@@ -14,19 +14,19 @@ import torch
 import zarr
 from PIL import Image
 
+from napari_inkdetect.engine import drain
 from napari_inkdetect.errors import ConfigError, SegmentError
 from napari_inkdetect.export import (
     ExportConfig,
     FileWritten,
     FrameRendered,
     export,
-    export_all,
     render_sweep,
-    run_export,
     write_gif,
     write_mp4,
 )
-from napari_inkdetect.inference import PredictConfig, run_prediction
+from napari_inkdetect.export.config import export_config
+from napari_inkdetect.inference import PredictConfig, predict
 from napari_inkdetect.io.images import read_gray
 from napari_inkdetect.io.segment import open_segment
 from napari_inkdetect.io.sources import ReadCounter
@@ -49,12 +49,12 @@ def prediction(tmp_path_factory) -> Path:
     ckpt = save_checkpoint(
         root / "m.safetensors", InkDetector("resnet10", width=0.125), tile_size=64
     )
-    out = run_prediction(
+    out = drain(predict(
         PredictConfig(
             segment=str(segment), checkpoint=str(ckpt), out=str(root / "pred.zarr"), tile=64,
             chunk=64, layers=LAYERS, start_layers=STARTS, device="cpu", autocast="off",
         )
-    )  # fmt: skip
+    )).path  # fmt: skip
     prob = zarr.open_group(str(out), mode="r+")["prob"]
     pattern = np.zeros(prob.shape, np.uint8)
     pattern[(slice(None), *INK)] = 255
@@ -206,7 +206,7 @@ def test_mp4_without_imageio_ffmpeg_says_how_to_install(tmp_path, monkeypatch):
 def test_export_writes_images_max_projection_gif_and_mp4(prediction, tmp_path):
     config = ExportConfig(str(prediction), str(tmp_path / "out"), images=("png", "tif"), mp4=True)
     events = []
-    written = run_export(config, on_event=events.append)
+    written = drain(export(config), events.append)
     names = [p.name for p in written]
     per_format = [f"pred_z{s:02d}" for s in STARTS] + ["pred_max"]
     assert names == [f"{n}.png" for n in per_format] + [f"{n}.tif" for n in per_format] + [
@@ -225,7 +225,9 @@ def test_export_writes_images_max_projection_gif_and_mp4(prediction, tmp_path):
 def test_export_all_gif_only_without_volume(prediction, tmp_path):
     moved = tmp_path / "moved.zarr"
     shutil.copytree(prediction, moved)
-    written = export_all(moved, tmp_path, images=(), underlay="none", max_side=40)
+    written = drain(
+        export(export_config(moved, tmp_path, images=(), underlay="none", max_side=40))
+    )
     assert [p.name for p in written] == ["moved_sweep.gif"]
     with Image.open(written[0]) as gif:
         assert gif.n_frames == len(STARTS) and max(gif.size) <= 40
@@ -268,7 +270,7 @@ def test_bad_input_is_refused_before_writing(prediction, tmp_path, kind, match):
             "setting": {"colour": "red"},
         }[kind]
     with pytest.raises(ConfigError, match=match):
-        export_all(target, out, **settings)
+        drain(export(export_config(target, out, **settings)))
     assert not out.is_dir() or not list(out.iterdir())
 
 

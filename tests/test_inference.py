@@ -12,25 +12,32 @@ import torch
 import zarr
 from PIL import Image
 
-from napari_inkdetect import __version__, inference
+from napari_inkdetect import __version__
+from napari_inkdetect.engine import drain
 from napari_inkdetect.errors import CheckpointError, ConfigError
+from napari_inkdetect.export import export_prediction
 from napari_inkdetect.inference import (
     BatchDone,
     ChunkDone,
     PredictConfig,
     PredictFinished,
     PredictStarted,
-    export_prediction,
     pending_chunks,
     predict,
     predict_chunk,
-    prediction_threshold,
     prepare_output,
-    run_prediction,
+)
+from napari_inkdetect.inference import job as inference_job
+from napari_inkdetect.io import prediction_store
+from napari_inkdetect.io.prediction_store import (
+    open_overviews,
+    open_prediction,
+    prediction_threshold,
 )
 from napari_inkdetect.io.sources import ReadCounter
 from napari_inkdetect.models import InkDetector, load_checkpoint, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
+from napari_inkdetect.windows import blend_weight
 
 CONSTANT_LOGIT = 1.0
 CONSTANT_U8 = round(255 / (1 + np.exp(-CONSTANT_LOGIT)))  # softmax([0, 1])[1] x 255
@@ -102,14 +109,14 @@ def test_constant_model_is_seam_free_over_the_whole_image(data, tmp_path):
 def test_small_and_edge_regions(data, tmp_path, region):
     cfg = _config(data, tmp_path / "r.zarr", segment=str(data["unmasked"]),
                   checkpoint=str(data["constant"]), region=region)  # fmt: skip
-    run_prediction(cfg)
+    drain(predict(cfg))
     prob = _prob(tmp_path / "r.zarr")
     assert prob.shape == (1, region[2] - region[0], region[3] - region[1])
     assert int(prob.max()) - int(prob.min()) <= 1
 
 
 def test_blend_weight_never_zero_and_partition_of_unity():
-    w = inference.blend_weight(64)
+    w = blend_weight(64)
     assert w.min() > 0
     ramp = np.sqrt(np.diag(w))
     assert np.allclose(ramp[:32] + ramp[32:], 1.0, atol=1e-6)
@@ -120,10 +127,10 @@ def test_blend_weight_never_zero_and_partition_of_unity():
 
 def test_several_start_layers_read_each_position_once(data, tmp_path):
     before = ReadCounter.bytes_read
-    run_prediction(_config(data, tmp_path / "one.zarr", start_layers=[3]))
+    drain(predict(_config(data, tmp_path / "one.zarr", start_layers=[3])))
     one = ReadCounter.bytes_read - before
     before = ReadCounter.bytes_read
-    run_prediction(_config(data, tmp_path / "three.zarr", start_layers=range(2, 5)))
+    drain(predict(_config(data, tmp_path / "three.zarr", start_layers=range(2, 5))))
     three = ReadCounter.bytes_read - before
     assert three < 1.5 * one  # 24 layers per position instead of 3 x 22
     single, multi = _prob(tmp_path / "one.zarr"), _prob(tmp_path / "three.zarr")
@@ -136,10 +143,10 @@ def test_several_start_layers_read_each_position_once(data, tmp_path):
 
 
 def test_large_outputs_get_overview_levels_equal_to_block_means(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, "LEVELS_ABOVE", 64)  # as if 224 px were 13k px
+    monkeypatch.setattr(prediction_store, "LEVELS_ABOVE", 64)  # as if 224 px were 13k px
     cfg = _config(data, tmp_path / "o.zarr", start_layers=(2, 5))
-    run_prediction(cfg)
-    levels = inference.open_overviews(cfg.out)
+    drain(predict(cfg))
+    levels = open_overviews(cfg.out)
     prob = np.asarray(levels[0]).astype(np.float64)
     n, h, w = prob.shape
     assert [lv.shape for lv in levels[1:]] == [
@@ -164,7 +171,7 @@ def test_large_outputs_get_overview_levels_equal_to_block_means(data, tmp_path, 
 
 def test_stop_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     cfg = _config(data, tmp_path / "full.zarr", start_layers=[3, 5])
-    run_prediction(cfg)
+    drain(predict(cfg))
     cut = cfg.with_(out=str(tmp_path / "cut.zarr"))
     stop = threading.Event()
     events = []
@@ -183,17 +190,17 @@ def test_stop_then_resume_equals_an_uninterrupted_run(data, tmp_path):
 
 def test_changed_config_refuses_to_resume_unless_overwrite(data, tmp_path):
     cfg = _config(data, tmp_path / "p.zarr", region=(0, 0, 64, 64))
-    run_prediction(cfg)
+    drain(predict(cfg))
     with pytest.raises(ConfigError, match="different settings.*stride"):
-        run_prediction(cfg.with_(stride=64))
-    run_prediction(cfg.with_(stride=64, overwrite=True))
+        drain(predict(cfg.with_(stride=64)))
+    drain(predict(cfg.with_(stride=64, overwrite=True)))
     prov = zarr.open_group(str(tmp_path / "p.zarr"), mode="r").attrs["napari_inkdetect"]
     assert prov["stride"] == 64
 
 
 def test_chunk_tasks_alone_match_the_generator(data, tmp_path):
     cfg = _config(data, tmp_path / "gen.zarr", region=(0, 0, 128, 160), start_layers=[3, 4])
-    run_prediction(cfg)
+    drain(predict(cfg))
     tasks = cfg.with_(out=str(tmp_path / "tasks.zarr"))
     prepare_output(tasks)
     chunks = pending_chunks(tasks)
@@ -213,7 +220,7 @@ def test_per_window_preparation_paths(data, tmp_path, window):
                            tile_size=64, **window)  # fmt: skip
     cfg = _config(data, tmp_path / "p.zarr", checkpoint=str(ckpt), start_layers=[2, 3],
                   region=(0, 0, 96, 96))  # fmt: skip
-    run_prediction(cfg)
+    drain(predict(cfg))
     prob = _prob(tmp_path / "p.zarr")
     assert prob.shape == (2, 96, 96) and prob.std() > 0
 
@@ -225,7 +232,7 @@ def test_per_window_preparation_paths(data, tmp_path, window):
 def test_scaled_prediction_is_aligned_with_the_volume(data, tmp_path, scale):
     cfg = _config(data, tmp_path / "s.zarr", segment=str(data["unmasked"]),
                   checkpoint=str(data["constant"]), scale=scale, chunk=None)  # fmt: skip
-    run_prediction(cfg)
+    drain(predict(cfg))
     prob = _prob(tmp_path / "s.zarr")
     assert prob.shape == (1, 160, 224)
     assert int(prob.max()) - int(prob.min()) <= 1
@@ -248,13 +255,13 @@ def pointwise(data, monkeypatch):
 
     model = _Pointwise("resnet10", width=0.125)
     model.info = CheckpointInfo(arch="resnet10", width=0.125, tile_size=64)
-    monkeypatch.setattr(inference, "load_checkpoint", lambda *a, **k: (model, None))
+    monkeypatch.setattr(inference_job, "load_checkpoint", lambda *a, **k: (model, None))
     return model
 
 
 def test_tta_undoes_its_transforms(data, tmp_path, pointwise):
-    run_prediction(_config(data, tmp_path / "a.zarr"))
-    run_prediction(_config(data, tmp_path / "b.zarr", tta_flips=True, tta_rot90=True))
+    drain(predict(_config(data, tmp_path / "a.zarr")))
+    drain(predict(_config(data, tmp_path / "b.zarr", tta_flips=True, tta_rot90=True)))
     a, b = _prob(tmp_path / "a.zarr"), _prob(tmp_path / "b.zarr")
     assert a.std() > 5  # the model does see the data
     assert np.abs(a.astype(int) - b).max() <= 1
@@ -262,20 +269,20 @@ def test_tta_undoes_its_transforms(data, tmp_path, pointwise):
 
 def test_tta_on_a_constant_model_changes_nothing(data, tmp_path):
     cfg = _config(data, tmp_path / "t.zarr", checkpoint=str(data["constant"]), tta_flips=True)
-    run_prediction(cfg)
+    drain(predict(cfg))
     prob = _prob(tmp_path / "t.zarr")
     assert set(np.unique(prob)) <= {0, CONSTANT_U8 - 1, CONSTANT_U8, CONSTANT_U8 + 1}
 
 
 def test_depth_reversal_and_checkpoint_direction(data, tmp_path, pointwise):
     seg = str(data["unmasked"])  # every pixel predicted
-    run_prediction(_config(data, tmp_path / "f.zarr", region=(0, 0, 96, 96), segment=seg))
-    run_prediction(_config(data, tmp_path / "r.zarr", region=(0, 0, 96, 96),
-                           depth_direction="reverse", segment=seg))  # fmt: skip
+    drain(predict(_config(data, tmp_path / "f.zarr", region=(0, 0, 96, 96), segment=seg)))
+    drain(predict(_config(data, tmp_path / "r.zarr", region=(0, 0, 96, 96),
+                           depth_direction="reverse", segment=seg)))  # fmt: skip
     f, r = _prob(tmp_path / "f.zarr").astype(int), _prob(tmp_path / "r.zarr").astype(int)
     assert np.abs(f + r - 255).max() <= 1
     pointwise.info.depth_reverse = True
-    run_prediction(_config(data, tmp_path / "auto.zarr", region=(0, 0, 96, 96), segment=seg))
+    drain(predict(_config(data, tmp_path / "auto.zarr", region=(0, 0, 96, 96), segment=seg)))
     np.testing.assert_array_equal(_prob(tmp_path / "auto.zarr"), r)
 
 
@@ -285,7 +292,7 @@ def test_depth_reversal_and_checkpoint_direction(data, tmp_path, pointwise):
 def test_provenance_says_how_it_was_made(data, tmp_path):
     cfg = _config(data, tmp_path / "p.zarr", start_layers=[4, 6], region=(16, 32, 80, 96),
                   dtype="float16")  # fmt: skip
-    run_prediction(cfg)
+    drain(predict(cfg))
     root = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
     assert root["prob"].dtype == np.float16
     prov = root["prob"].attrs["napari_inkdetect"]
@@ -306,13 +313,13 @@ def test_provenance_records_the_checkpoint_calibrated_threshold(data, tmp_path):
         tmp_path / "best.safetensors", model, provenance={"metrics": metrics}
     )
     cfg = _config(data, tmp_path / "p.zarr", checkpoint=str(calibrated), region=(0, 0, 64, 96))
-    run_prediction(cfg)
+    drain(predict(cfg))
     root = zarr.open_group(str(tmp_path / "p.zarr"), mode="r+")
     for attrs in (root.attrs, root["prob"].attrs):
         assert attrs["napari_inkdetect"]["threshold"] == 0.37
         assert prediction_threshold(dict(attrs["napari_inkdetect"])) == 0.37
     plain = _config(data, tmp_path / "plain.zarr", region=(0, 0, 64, 96))
-    run_prediction(plain)
+    drain(predict(plain))
     prov = zarr.open_group(str(tmp_path / "plain.zarr"), mode="r").attrs["napari_inkdetect"]
     assert "threshold" in prov and prov["threshold"] is None
     assert prediction_threshold(dict(prov)) is None
@@ -340,19 +347,19 @@ def test_config_round_trip_and_unknown_keys():
 
 def test_start_layers_outside_the_volume(data, tmp_path):
     with pytest.raises(ConfigError, match=r"start layers 5\.\.10 .*30 layers.*0\.\.8"):
-        run_prediction(_config(data, tmp_path / "p.zarr", start_layers=range(5, 11)))
+        drain(predict(_config(data, tmp_path / "p.zarr", start_layers=range(5, 11))))
 
 
 def test_region_outside_the_volume(data, tmp_path):
     with pytest.raises(ConfigError, match="outside the volume"):
-        run_prediction(_config(data, tmp_path / "p.zarr", region=(0, 0, 200, 100)))
+        drain(predict(_config(data, tmp_path / "p.zarr", region=(0, 0, 200, 100))))
 
 
 def test_checkpoint_that_does_not_load(data, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError):
-        run_prediction(_config(data, tmp_path / "p.zarr", checkpoint=str(bad)))
+        drain(predict(_config(data, tmp_path / "p.zarr", checkpoint=str(bad))))
 
 
 def test_region_without_tiles_in_the_mask(data, tmp_path):
@@ -363,7 +370,7 @@ def test_region_without_tiles_in_the_mask(data, tmp_path):
     Image.fromarray(mask).save(segment / "synthetic_mask.png")
     cfg = _config(data, tmp_path / "p.zarr", segment=str(segment), region=(0, 0, 30, 30))
     with pytest.raises(ConfigError, match="no tile touching the papyrus mask"):
-        run_prediction(cfg)
+        drain(predict(cfg))
 
 
 def test_existing_folder_that_is_not_a_prediction(data, tmp_path):
@@ -372,7 +379,7 @@ def test_existing_folder_that_is_not_a_prediction(data, tmp_path):
     cfg = _config(data, tmp_path / "p.zarr", region=(0, 0, 64, 64))
     for overwrite in (False, True):
         with pytest.raises(ConfigError, match="not a napari-inkdetect prediction"):
-            run_prediction(cfg.with_(overwrite=overwrite))
+            drain(predict(cfg.with_(overwrite=overwrite)))
     assert (tmp_path / "p.zarr" / "notes.txt").exists()
 
 
@@ -383,7 +390,7 @@ def test_existing_folder_that_is_not_a_prediction(data, tmp_path):
 def test_export_per_start_layer_and_max_projection(data, tmp_path, fmt):
     cfg = _config(data, tmp_path / "pred.zarr", start_layers=[3, 5], region=(0, 0, 64, 96),
                   dtype="uint8" if fmt == "png" else "float16")  # fmt: skip
-    run_prediction(cfg)
+    drain(predict(cfg))
     files = export_prediction(tmp_path / "pred.zarr", tmp_path / "out", format=fmt)
     assert [f.name for f in files] == [f"pred_z03.{fmt}", f"pred_z05.{fmt}", f"pred_max.{fmt}"]
     prob = _prob(tmp_path / "pred.zarr")
@@ -404,8 +411,8 @@ def test_output_is_zero_off_the_papyrus_mask(data, tmp_path):
     from napari_inkdetect.io.segment import open_segment
 
     cfg = _config(data, tmp_path / "m.zarr", checkpoint=str(data["constant"]))
-    run_prediction(cfg)
-    prob, prov = inference.open_prediction(tmp_path / "m.zarr")
+    drain(predict(cfg))
+    prob, prov = open_prediction(tmp_path / "m.zarr")
     y0, x0, y1, x1 = prov["region"]
     mask = open_segment(cfg.segment).read_mask()[y0:y1, x0:x1]
     planes = np.asarray(prob)

@@ -20,8 +20,9 @@ import zarr
 from fuzz.records import recorded
 
 from napari_inkdetect.cli import main
+from napari_inkdetect.engine import drain
 from napari_inkdetect.errors import ConfigError
-from napari_inkdetect.inference import PredictConfig, prepare_output, run_prediction
+from napari_inkdetect.inference import PredictConfig, predict, prepare_output
 from napari_inkdetect.io.locks import OutputLock, lock_path, read_owner
 
 REFUSED = "refused in one line naming the other run (pid, host)"
@@ -218,7 +219,7 @@ def _prob(path: Path) -> np.ndarray:
 
 def test_second_predict_into_a_zarr_being_written(inputs, tmp_path, capsys):
     out = tmp_path / "o.zarr"
-    clean = run_prediction(_config(inputs, tmp_path / "clean.zarr"))
+    clean = drain(predict(_config(inputs, tmp_path / "clean.zarr"))).path
     child = _paused("predict", _config(inputs, out))
     try:
         case = "second predict into a zarr another process is writing"
@@ -244,7 +245,7 @@ def test_second_predict_into_a_zarr_being_written(inputs, tmp_path, capsys):
     with recorded(case, "engine", "lock taken over; resumes to the same result") as outcome:
         done = zarr.open_group(out, mode="r")["done"][...]
         assert 0 < done.sum() < done.size
-        run_prediction(_config(inputs, out))
+        drain(predict(_config(inputs, out)))
         np.testing.assert_array_equal(_prob(out), _prob(clean))
         assert not lock_path(out).exists()
         outcome["observed"] = f"took over, resumed from {done.sum()}/{done.size} chunks"
@@ -252,7 +253,7 @@ def test_second_predict_into_a_zarr_being_written(inputs, tmp_path, capsys):
 
 def test_second_train_into_a_run_folder_being_written(inputs, tmp_path, capsys):
     from napari_inkdetect.models import load_checkpoint
-    from napari_inkdetect.training import TrainConfig, run_training
+    from napari_inkdetect.training import TrainConfig, train
 
     segment = inputs["segment"]
     run = tmp_path / "run"
@@ -280,7 +281,7 @@ def test_second_train_into_a_run_folder_being_written(inputs, tmp_path, capsys):
     assert (run / "config.json").read_text() == before, "the refused run changed the folder"
     case = "train --resume after the trainer was killed (stale lock)"
     with recorded(case, "engine", "lock taken over; the run resumes to its last step"):
-        run_training(config.with_(resume=True))
+        drain(train(config.with_(resume=True)))
         model, _ = load_checkpoint(run / "last.safetensors")
         assert model.info.provenance["steps"] == 4
         assert not lock_path(run).exists()

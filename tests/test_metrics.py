@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_inkdetect.metrics import chance_f05, score
+from napari_inkdetect.scoring.metrics import chance_f05, score
 
 
 def test_perfect_and_inverted_predictions():

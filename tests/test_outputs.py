@@ -23,11 +23,13 @@ from fuzz.records import recorded
 
 from napari_inkdetect._writer import write_labels_layer
 from napari_inkdetect.cli import main
+from napari_inkdetect.engine import drain
 from napari_inkdetect.errors import InkDetectError
-from napari_inkdetect.export import export_all
-from napari_inkdetect.inference import ChunkDone, PredictConfig, predict, run_prediction
+from napari_inkdetect.export import export
+from napari_inkdetect.export.config import export_config
+from napari_inkdetect.inference import ChunkDone, PredictConfig, predict
 from napari_inkdetect.models import load_checkpoint
-from napari_inkdetect.training import StepDone, TrainConfig, run_training, train
+from napari_inkdetect.training import StepDone, TrainConfig, train
 
 ONE_LINE = "one line on stderr, exit 1, no traceback; nothing else changed"
 
@@ -44,7 +46,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     model = InkDetector("resnet10", width=0.125)
     checkpoint = save_checkpoint(root / "tiny.safetensors", model, tile_size=64, in_layers=8)
-    prediction = run_prediction(_engine(segment, checkpoint, root / "pred.zarr"))
+    prediction = drain(predict(_engine(segment, checkpoint, root / "pred.zarr"))).path
     return {"root": root, "segment": segment, "checkpoint": checkpoint, "prediction": prediction}
 
 
@@ -294,8 +296,8 @@ def _partials(folder: Path) -> list[str]:
 
 
 def test_prediction_on_a_full_disk_resumes_identically(inputs, tmp_path):
-    clean = _prob(run_prediction(_engine(inputs["segment"], inputs["checkpoint"],
-                                         tmp_path / "clean.zarr")))  # fmt: skip
+    clean = _prob(drain(predict(_engine(inputs["segment"], inputs["checkpoint"],
+                                         tmp_path / "clean.zarr"))).path)  # fmt: skip
     case = "predict: the disk fills up half-way through"
     expected = "one-line error; finished chunks valid; a rerun resumes to the same result"
     with small_disk(tmp_path / "disk", 88) as disk, recorded(case, "engine", expected) as outcome:
@@ -313,7 +315,7 @@ def test_prediction_on_a_full_disk_resumes_identically(inputs, tmp_path):
             np.testing.assert_array_equal(partial[box], clean[box])
         assert _partials(disk) == []
         resize(disk, 4096)
-        run_prediction(config)
+        drain(predict(config))
         np.testing.assert_array_equal(_prob(disk / "o.zarr"), clean)
         outcome["observed"] = f"one-line error after {done.sum()}/{done.size} chunks; resumed"
 
@@ -325,7 +327,7 @@ def _prob(path: Path) -> np.ndarray:
 def test_training_on_a_full_disk_keeps_its_checkpoint(inputs, tmp_path):
     """The disk fills up at the second checkpoint: the first stays valid and resumable."""
     probe = tmp_path / "probe"
-    run_training(_train_config(inputs, probe, steps=1))
+    drain(train(_train_config(inputs, probe, steps=1)))
     names = ("config.json", "metrics.jsonl", "last.safetensors", "last.state.pt")
     sizes = {name: (probe / name).stat().st_size for name in names}
     pages = sum(-(-s // 4096) for s in sizes.values())
@@ -343,7 +345,7 @@ def test_training_on_a_full_disk_keeps_its_checkpoint(inputs, tmp_path):
         model, _ = load_checkpoint(disk / "run" / "last.safetensors")
         assert model.info.provenance["steps"] == 1
         resize(disk, 8192)
-        run_training(config.with_(resume=True))
+        drain(train(config.with_(resume=True)))
         model, _ = load_checkpoint(disk / "run" / "last.safetensors")
         assert model.info.provenance["steps"] == 2
         outcome["observed"] = "one-line error at step 2; step-1 checkpoint kept; resumed"
@@ -356,7 +358,11 @@ def test_export_and_labels_on_a_full_disk(inputs, tmp_path):
         case = "export: the disk fills up while writing images / the GIF"
         with recorded(case, "engine", "one-line error; no half-written file") as outcome:
             with pytest.raises(InkDetectError, match="No space left") as info:
-                export_all(inputs["prediction"], disk / "export", images=("png", "tif"))
+                drain(
+                    export(
+                        export_config(inputs["prediction"], disk / "export", images=("png", "tif"))
+                    )
+                )
             assert "\n" not in str(info.value)
             outcome["observed"] = "one-line error"
         assert _partials(disk) == []

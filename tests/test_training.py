@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 from scipy import ndimage
 
-from napari_inkdetect.calibration import Calibration
+from napari_inkdetect.engine import drain
 from napari_inkdetect.errors import ConfigError, InkDetectError, LabelsError
 from napari_inkdetect.io.segment import open_segment
-from napari_inkdetect.metrics import chance_f05
 from napari_inkdetect.models import InkDetector, read_checkpoint_metadata
+from napari_inkdetect.scoring.calibration import Calibration
+from napari_inkdetect.scoring.metrics import chance_f05
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import (
     AugmentConfig,
@@ -34,14 +35,14 @@ from napari_inkdetect.training import (
     auto_split,
     given_plan,
     lr_at,
-    run_training,
+    run_scoring,
     sparse_loss,
     train,
 )
-from napari_inkdetect.training import trainer as trainer_module
 from napari_inkdetect.training.augment import depth_crop_paste, flip_rot90, step_generator
 from napari_inkdetect.training.sampling import TileSampler
-from napari_inkdetect.windows import WindowSpec, read_raw, to_model_input
+from napari_inkdetect.window_tensors import to_model_input
+from napari_inkdetect.windows import WindowSpec, read_raw
 
 NO_AUG = AugmentConfig.none()
 
@@ -294,7 +295,7 @@ def test_cancel_within_one_step(synthetic, tmp_path):
 def test_kill_and_resume_gives_the_same_weights(synthetic, tmp_path):
     _, folder = synthetic
     aug = AugmentConfig.all()  # augmentations must replay too
-    full = run_training(small_config(folder, tmp_path / "full", augment=aug, steps=5))
+    full = drain(train(small_config(folder, tmp_path / "full", augment=aug, steps=5))).run_dir
     cfg = small_config(folder, tmp_path / "part", augment=aug, steps=5)
     stop = threading.Event()
     for event in train(cfg, stop=stop):
@@ -372,7 +373,7 @@ def test_best_checkpoint_predicts_the_calibrated_map_validation_scored(
     _, folder = synthetic
     # A 12-step model is still at chance (the fit is then the identity, tested in
     # test_calibration); pin a fit so the fold through the trainer is what is tested.
-    monkeypatch.setattr(trainer_module, "fit_platt", lambda *_: Calibration(2.5, -1.25))
+    monkeypatch.setattr(run_scoring, "fit_platt", lambda *_: Calibration(2.5, -1.25))
     config = small_config(folder, tmp_path / "run", steps=12, val_every=12)
     validated = [e for e in train(config) if isinstance(e, Validated)][-1]
     run = tmp_path / "run"

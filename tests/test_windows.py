@@ -7,13 +7,8 @@ import pytest
 
 from napari_inkdetect import open_segment
 from napari_inkdetect.errors import ConfigError
-from napari_inkdetect.windows import (
-    Normalisation,
-    WindowSpec,
-    read_raw,
-    to_model_input,
-    to_volume_pixels,
-)
+from napari_inkdetect.window_tensors import to_model_input, to_volume_pixels
+from napari_inkdetect.windows import Normalisation, WindowSpec, read_raw
 
 
 def test_normalisation_matches_cv2_gray_pipeline():

@@ -206,7 +206,11 @@ def prediction_layers(
     ``role``: :data:`PREDICTION`, or :data:`PREVIEW` for the live preview while training."""
     import dask.array as da
 
-    from napari_inkdetect.inference import open_overviews, open_prediction, prediction_threshold
+    from napari_inkdetect.io.prediction_store import (
+        open_overviews,
+        open_prediction,
+        prediction_threshold,
+    )
 
     prob, prov = open_prediction(path)
     levels = open_overviews(path)  # large outputs: overview levels written by the engine

@@ -11,6 +11,7 @@ from napari_inkdetect._napari_layers import (
     prediction_layers,
     segment_layers,
 )
+from napari_inkdetect.io.prediction_store import is_prediction
 from napari_inkdetect.io.segment import detect_layout, open_segment
 from napari_inkdetect.io.sources import inspect_tiff
 
@@ -37,19 +38,6 @@ def read_segment(path: str | list[str]) -> list[LayerData]:
     if isinstance(path, list):
         path = path[0]
     return segment_layers(open_segment(path))
-
-
-def is_prediction(path: Path) -> bool:
-    """A zarr written by our predictor (its provenance names us)."""
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        import json
-
-        return "napari_inkdetect" in json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
 
 
 def read_prediction(path: str | list[str]) -> list[LayerData]:

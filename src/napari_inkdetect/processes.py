@@ -2,9 +2,9 @@
 
 Training and prediction run in a child so the GUI's interpreter is never held by the GIL and
 GPU memory is returned to the system when a run ends. The child runs
-``target(config, stop=stop_event)`` and sends each event through a queue; cancellation crosses
-over as a multiprocessing Event; the package's own errors are re-raised here with their type
-and message; a child that dies is reported, not waited on forever.
+``target(config, stop=stop_event)`` and sends each event, then its result, through a queue;
+cancellation crosses over as a multiprocessing Event; the package's own errors are re-raised
+here with their type and message; a child that dies is reported, not waited on forever.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import queue
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from napari_inkdetect import errors
+from napari_inkdetect.engine import drain
 from napari_inkdetect.errors import ChildCrashedError, InkDetectError
 
 
@@ -29,8 +30,9 @@ def run_in_child(
     stop: threading.Event | None = None,
     poll_s: float = 0.1,
     join_timeout_s: float = 30.0,
-) -> Iterator[Any]:
-    """Yield the events of ``target(config, stop=...)`` run in a spawned process.
+) -> Generator[Any, None, Any]:
+    """Yield the events of ``target(config, stop=...)`` run in a spawned process and return
+    its result (the engine contract, :mod:`napari_inkdetect.engine`).
 
     ``target`` is ``"package.module:function"`` (importable in a fresh interpreter). Setting
     ``stop`` asks the child to stop; closing this generator does too.
@@ -59,9 +61,9 @@ def run_in_child(
             if kind == "event":
                 yield payload
             elif kind == "error":
-                raise _rebuild_error(*payload)
+                raise rebuild_error(*payload)
             else:
-                return
+                return payload  # the engine's result
     finally:
         child_stop.set()
         _drain(channel)
@@ -75,9 +77,8 @@ def _child_main(target: str, config: Any, channel: Any, stop: Any) -> None:
     module_name, func_name = target.split(":")
     try:
         func = getattr(importlib.import_module(module_name), func_name)
-        for event in func(config, stop=stop):
-            channel.put(("event", event))
-        channel.put(("done", None))
+        result = drain(func(config, stop=stop), lambda event: channel.put(("event", event)))
+        channel.put(("done", result))
     except InkDetectError as exc:
         channel.put(("error", (type(exc).__name__, str(exc))))
     except BaseException as exc:  # report anything, the parent must never hang
@@ -88,7 +89,7 @@ def _child_main(target: str, config: Any, channel: Any, stop: Any) -> None:
         channel.join_thread()
 
 
-def _rebuild_error(type_name: str, message: str) -> InkDetectError:
+def rebuild_error(type_name: str, message: str) -> InkDetectError:
     cls = getattr(errors, type_name, None)
     if not (isinstance(cls, type) and issubclass(cls, InkDetectError)):
         cls = InkDetectError

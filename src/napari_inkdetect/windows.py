@@ -13,22 +13,19 @@ by, its **centre** layer ``start + layers // 2`` (:func:`window_centre`; 22 laye
 where Kaggle-style windows have the ink. Configs, checkpoints and prediction zarrs keep
 ``start_layer(s)``; :func:`window_start` converts back.
 
-Torch is imported only where tensors are made, so the geometry helpers stay light (the ink
-depth estimate and Export use them without torch).
+No torch here: the geometry and intensity helpers stay light (the ink depth estimate, Export
+and the prediction store use them); tensors are made in :mod:`napari_inkdetect.window_tensors`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from napari_inkdetect.errors import ConfigError
-
-if TYPE_CHECKING:
-    import torch
 
 
 def window_centre(start: int, layers: int) -> int:
@@ -199,36 +196,6 @@ def read_raw(
             (start, start + depth), ys, xs
         )
     return out
-
-
-def to_model_input(raw: np.ndarray, spec: WindowSpec) -> torch.Tensor:
-    """Normalise and resample raw ``(depth, e, e)`` blocks to ``(layers, tile, tile)`` float32.
-
-    Accepts a leading batch axis. Depth is only resampled with legacy ``depth_scale``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    batched = raw.ndim == 4
-    x = torch.from_numpy(spec.normalisation.apply(raw if batched else raw[None]))
-    if x.shape[-1] != spec.tile or (spec.depth_scale and x.shape[1] != spec.layers):
-        size = (spec.layers if spec.depth_scale else x.shape[1], spec.tile, spec.tile)
-        x = F.interpolate(x[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
-    return x if batched else x[0]
-
-
-def to_volume_pixels(prob: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
-    """Model-resolution maps ``(..., tile, tile)`` back to the volume's pixels ``(..., e, e)``."""
-    import torch.nn.functional as F
-
-    if spec.extent == spec.tile:
-        return prob
-    shape = prob.shape
-    flat = prob.reshape(-1, 1, shape[-2], shape[-1]).float()
-    out = F.interpolate(
-        flat, size=(spec.extent, spec.extent), mode="bilinear", align_corners=False, antialias=True
-    )
-    return out.reshape(*shape[:-2], spec.extent, spec.extent)
 
 
 def blend_weight(extent: int) -> np.ndarray:

@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from napari_inkdetect.engine import drain
+from napari_inkdetect.inference import predict
+from napari_inkdetect.training import train
+
 # tifffile logs every damaged header it meets; the fuzz tests make thousands
 logging.getLogger("tifffile").setLevel(logging.ERROR)
 # hypothesis caches what it learns in .hypothesis/; keep the checkout clean (the examples are
@@ -27,7 +31,7 @@ SEGMENT_SHAPE = (16, 96, 128)
 def artefacts(tmp_path_factory) -> dict[str, Path]:
     import torch
 
-    from napari_inkdetect.inference import PredictConfig, run_prediction
+    from napari_inkdetect.inference import PredictConfig
     from napari_inkdetect.models import InkDetector, save_checkpoint
     from napari_inkdetect.synthetic import make_segment, write_segment
 
@@ -41,14 +45,14 @@ def artefacts(tmp_path_factory) -> dict[str, Path]:
         segment=str(segment), checkpoint=str(checkpoint), out=str(prediction), tile=64,
         chunk=64, device="cpu", autocast="off", start_layers=(2, 4), region=(0, 0, 64, 96),
     )  # fmt: skip
-    run_prediction(config)
+    drain(predict(config))
     return {"root": root, "segment": segment, "checkpoint": checkpoint, "prediction": prediction}
 
 
 @pytest.fixture(scope="session")
 def run_folder(artefacts) -> tuple[Path, object]:
     """A finished 2-step run (``config.json``, ``metrics.jsonl``, ``last.*``) and its config."""
-    from napari_inkdetect.training import TrainConfig, run_training
+    from napari_inkdetect.training import TrainConfig
 
     segment = artefacts["segment"]
     config = TrainConfig(
@@ -57,5 +61,5 @@ def run_folder(artefacts) -> tuple[Path, object]:
         layers=8, tile=64, steps=2, batch_size=2, lr=1e-3, val_every=100, device="cpu",
         autocast="off", val_labels=str(segment / "synthetic_validation_labels.png"),
     )  # fmt: skip
-    run_training(config)
+    drain(train(config))
     return Path(config.out), config

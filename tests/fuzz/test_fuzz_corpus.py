@@ -15,12 +15,13 @@ import zarr
 from PIL import Image
 from records import REFUSE, check_input, restored
 
-from napari_inkdetect.inference import ATTRS_KEY, open_prediction
+from napari_inkdetect.engine import drain
 from napari_inkdetect.io.labels import read_labels
+from napari_inkdetect.io.prediction_store import ATTRS_KEY, open_prediction
 from napari_inkdetect.io.segment import open_segment, read_segment_labels
 from napari_inkdetect.models import load_checkpoint
 from napari_inkdetect.models.checkpoints import read_checkpoint_info
-from napari_inkdetect.training import run_training
+from napari_inkdetect.training import train
 
 CORPUS = Path(__file__).parent / "corpus"
 SHAPE = (3, 24, 40)
@@ -106,7 +107,7 @@ def test_run_file(run_folder, path):
     with restored(source) as run:
         shutil.copy(path, run / target_name)
         check_input(
-            lambda: run_training(config.with_(resume=True)),
+            lambda: drain(train(config.with_(resume=True))).run_dir,
             [target_name, str(run)],
             f"corpus: run {path.stem}",
             "train --resume",

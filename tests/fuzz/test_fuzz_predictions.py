@@ -17,16 +17,17 @@ from hypothesis import strategies as st
 from records import FUZZ, check_input, scratch
 
 from napari_inkdetect._napari_layers import prediction_layers
-from napari_inkdetect.evaluation import evaluate_prediction
-from napari_inkdetect.export import export_all
-from napari_inkdetect.inference import (
+from napari_inkdetect.engine import drain
+from napari_inkdetect.export import export
+from napari_inkdetect.export.config import export_config
+from napari_inkdetect.inference import PredictConfig, predict
+from napari_inkdetect.io.prediction_store import (
     ATTRS_KEY,
-    PredictConfig,
     open_overviews,
     open_prediction,
-    predict,
     prediction_threshold,
 )
+from napari_inkdetect.scoring.evaluation import evaluate_prediction
 
 KEYS = ["start_layers", "region", "window_length", "source_layers", "overview_factors",
         "segment", "segment_id", "fingerprint", "threshold", "checkpoint_metadata", "config",
@@ -50,7 +51,7 @@ def _use(store: Path, truth: Path, out: Path) -> None:
     open_overviews(store)
     prediction_layers(store)
     evaluate_prediction(store, truth)
-    export_all(store, out, images=("png",), gif=False)
+    drain(export(export_config(store, out, images=("png",), gif=False)))
 
 
 @pytest.mark.parametrize("action", ["removed", "replaced by junk", "one list item replaced"])

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from records import FUZZ, check_input
 from records import restored as damaged
 
-from napari_inkdetect.training import run_training
+from napari_inkdetect.engine import drain
+from napari_inkdetect.training import train
 
 JUNK = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True),
@@ -25,7 +26,7 @@ WHERE = "train --resume"
 
 def _resume(config, run: Path) -> None:
     assert Path(config.out) == run
-    run_training(config.with_(resume=True))
+    drain(train(config.with_(resume=True)))
 
 
 @pytest.mark.parametrize("action", ["removed", "replaced by junk"])

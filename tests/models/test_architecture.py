@@ -94,6 +94,26 @@ def test_registry_names_and_aliases():
     assert get_model("resnext-101", width=0.125).arch == "resnext101"
 
 
+@pytest.mark.parametrize("name", ["r3d50", "R3D10", "ResNet-50", "resnext_101", "resnet 18"])
+def test_detector_takes_every_spelling_get_model_takes(name):
+    with torch.device("meta"):
+        direct, zoo = InkDetector(name, width=0.125), get_model(name, width=0.125)
+        encoder = build_encoder(name, 0.125)
+    assert direct.arch == zoo.arch == canonical_name(name)
+    assert _shapes(direct) == _shapes(zoo)
+    assert _shapes(direct.encoder) == _shapes(encoder)
+    assert repr(direct) == repr(zoo)
+
+
+def test_detector_and_get_model_refuse_a_name_alike():
+    messages = []
+    for build in (InkDetector, get_model, canonical_name):
+        with pytest.raises(ConfigError, match="valid names: resnet10") as caught:
+            build("r3d11")
+        messages.append(str(caught.value))
+    assert len(set(messages)) == 1
+
+
 @pytest.mark.parametrize("arch", ["resnet10", "resnet50", "resnext101"])
 def test_analytic_flops_match_flop_counter(arch):
     with torch.device("meta"):

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import dask.array as da
 import numpy as np
 
+from napari_inkdetect.io.blocks import block_mean
+
 if TYPE_CHECKING:
     from napari_inkdetect.io.segment import Segment
 
@@ -88,7 +90,7 @@ class _Level:
             block = self.segment.read_block((z, z + 1), pys, pxs)[0]
         else:
             block = self.parent.region(z, pys, pxs)
-        return _halve(block, (y1 - y0, x1 - x0)).astype(self.dtype)
+        return block_mean(block, 2).astype(self.dtype)
 
     @property
     def _parent_shape(self) -> tuple[int, int, int]:
@@ -98,15 +100,6 @@ class _Level:
         if self.cache_dir is None:
             return None
         return self.cache_dir / f"level{self.level}" / f"{z:04d}" / f"{cy}_{cx}.npy"
-
-
-def _halve(block: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
-    """2 x 2 mean; an odd last row/column is repeated so edges keep their intensity."""
-    ph, pw = 2 * out_shape[0] - block.shape[0], 2 * out_shape[1] - block.shape[1]
-    if ph or pw:
-        block = np.pad(block, ((0, ph), (0, pw)), mode="edge")
-    b = block.astype(np.float32).reshape(out_shape[0], 2, out_shape[1], 2)
-    return np.rint(b.mean(axis=(1, 3)))
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:

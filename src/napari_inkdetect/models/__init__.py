@@ -14,18 +14,21 @@ Speed options (see :mod:`napari_inkdetect.models.detector`): :func:`autocast_con
 :meth:`InkDetector.set_activation_checkpointing`, :func:`maybe_compile`, or all of them via
 :class:`SpeedOptions`. Architectures: :func:`list_models`, :func:`get_model_info`,
 :func:`model_table`.
+
+Layers, each importing only those below it (``tests/models/test_import_graph.py`` checks it):
+``checkpoint_info`` (metadata, a leaf), ``resnet3d`` (encoder table and the one name check,
+``canonical_name``) and ``decoder``; ``checkpoint_files`` (files and foreign layouts);
+``checkpoint_loading``; ``detector``; ``checkpoints`` (load/save); ``registry`` (the zoo).
 """
 
-from napari_inkdetect.models.checkpoints import (
+from napari_inkdetect.models.checkpoint_files import infer_architecture, read_checkpoint_metadata
+from napari_inkdetect.models.checkpoint_info import (
     DEFAULT_NORMALISATION,
     FORMAT_VERSION,
     CheckpointInfo,
-    LoadReport,
-    infer_architecture,
-    load_checkpoint,
-    read_checkpoint_metadata,
-    save_checkpoint,
 )
+from napari_inkdetect.models.checkpoint_loading import LoadReport
+from napari_inkdetect.models.checkpoints import load_checkpoint, save_checkpoint
 from napari_inkdetect.models.detector import (
     InkDetector,
     SpeedOptions,

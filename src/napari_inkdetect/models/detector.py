@@ -23,17 +23,16 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from napari_inkdetect.errors import ConfigError
+from napari_inkdetect.models.checkpoint_info import CheckpointInfo
+from napari_inkdetect.models.checkpoint_loading import load_model
 from napari_inkdetect.models.decoder import Decoder, depth_mean
-from napari_inkdetect.models.resnet3d import ResNet3d, build_encoder
-
-if TYPE_CHECKING:
-    from napari_inkdetect.models.checkpoints import CheckpointInfo
+from napari_inkdetect.models.resnet3d import ResNet3d, build_encoder, canonical_name
 
 __all__ = [
     "InkDetector",
@@ -54,7 +53,9 @@ class InkDetector(nn.Module):
     Parameters
     ----------
     arch
-        A registry name: ``resnet10``, ``resnet18``, ... ``resnet200``, ``resnext101``.
+        A registry name: ``resnet10``, ``resnet18``, ... ``resnet200``, ``resnext101``, in any
+        spelling :func:`~napari_inkdetect.models.resnet3d.canonical_name` accepts (``r3d50``);
+        ``self.arch`` is the registry name.
     width
         Channel multiplier; 1.0 loads the published checkpoints, 0.125 runs fast on a CPU.
     in_chans
@@ -76,10 +77,10 @@ class InkDetector(nn.Module):
         checkpoint_stages: bool = False,
     ) -> None:
         super().__init__()
-        self.arch = arch
+        self.arch = canonical_name(arch)
         self.width = width
         self.in_chans = in_chans
-        self.encoder: ResNet3d = build_encoder(arch, width, in_chans, checkpoint_stages)
+        self.encoder: ResNet3d = build_encoder(self.arch, width, in_chans, checkpoint_stages)
         self.decoder = Decoder(self.encoder.out_channels, num_classes)
         #: What the model was trained with (tile size, normalisation, ...), when known.
         self.info: CheckpointInfo | None = None
@@ -107,9 +108,7 @@ class InkDetector(nn.Module):
         Accepts our own ``.safetensors`` format and the Kaggle ink-model files; refuses a
         file that holds only a pretrained encoder (its decoder would be random).
         """
-        from napari_inkdetect.models.checkpoints import load_checkpoint
-
-        model, _ = load_checkpoint(path, device=device, require_complete=True)
+        model, _ = load_model(cls, path, device=device, require_complete=True)
         return model
 
     def extra_repr(self) -> str:

@@ -6,23 +6,24 @@ memory) and the convolution FLOPs of one ``1 x 22 x 256 x 256`` tile from the la
 (:func:`conv_flops`, checked against ``FlopCounterMode`` in the tests).
 ``model_table()`` is what ``napari-inkdetect models`` prints. Like torchvision's
 ``list_models``/``get_model``, the table of architectures lives in one dict
-(:data:`napari_inkdetect.models.resnet3d.ENCODER_SPECS`).
+(:data:`napari_inkdetect.models.resnet3d.ENCODER_SPECS`), and names are checked in one place
+(:func:`~napari_inkdetect.models.resnet3d.canonical_name`, re-exported here), which
+:class:`InkDetector` itself calls. The registry sits on top of the package: it imports the
+detector and the encoder table, and nothing in the package imports it but ``__init__``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_inkdetect.errors import ConfigError
 from napari_inkdetect.models.detector import InkDetector
-from napari_inkdetect.models.resnet3d import ENCODER_SPECS
+from napari_inkdetect.models.resnet3d import ENCODER_SPECS, canonical_name
 
 __all__ = [
     "TILE_SHAPE",
@@ -73,19 +74,12 @@ def list_models() -> list[str]:
     return list(ENCODER_SPECS)
 
 
-def canonical_name(name: str) -> str:
-    """Map spellings users meet (``r3d50``, ``resnet-50``, ``ResNeXt_101``) to registry names."""
-    key = re.sub(r"[-_\s]", "", str(name).lower())
-    key = re.sub(r"^r3d(?=\d)", "resnet", key)
-    if key not in ENCODER_SPECS:
-        valid = ", ".join(ENCODER_SPECS)
-        raise ConfigError(f"unknown architecture {name!r}; valid names: {valid}")
-    return key
-
-
 def get_model(name: str, width: float = 1.0, **kwargs: object) -> InkDetector:
-    """Build the model ``name`` at ``width`` (keyword arguments go to :class:`InkDetector`)."""
-    return InkDetector(canonical_name(name), width, **kwargs)
+    """Build the model ``name`` at ``width`` (keyword arguments go to :class:`InkDetector`).
+
+    The same as ``InkDetector(name, width, **kwargs)``, which accepts the same spellings.
+    """
+    return InkDetector(name, width, **kwargs)
 
 
 def count_flops(model: torch.nn.Module, tile_shape: tuple[int, ...] = TILE_SHAPE) -> int:

@@ -4,7 +4,8 @@ The module and attribute names (``conv1``, ``bn1``, ``layer1..4``, ``downsample.
 follow kenshohara/3D-ResNets-PyTorch ``models/resnet.py`` on purpose: they are the keys of the
 Kinetics-pretrained checkpoints and of the Kaggle ink-detection models that users already hold.
 Everything else is table-driven: :data:`ENCODER_SPECS` maps a name to ``(block, stages, planes)``
-and :func:`build_encoder` makes any of them at any width multiplier.
+and :func:`build_encoder` makes any of them at any width multiplier. :func:`canonical_name` is
+the one place where a name users type (``r3d50``, ``ResNeXt-101``) is checked against the table.
 
 Stem: ``conv1`` (7,7,7) stride (1,2,2) padding 3, BN, ReLU, then a 3x3x3 max-pool with stride 2
 in all three dimensions, always applied (the ink models were trained that way). Stages
@@ -16,6 +17,7 @@ so that state dicts match the files and is never used in ``forward_features``.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +36,7 @@ __all__ = [
     "ResNeXtBottleneck",
     "ResNet3d",
     "build_encoder",
+    "canonical_name",
     "scaled_channels",
 ]
 
@@ -142,6 +145,22 @@ ENCODER_SPECS: dict[str, EncoderSpec] = {
         ResNeXtBottleneck, (3, 4, 23, 3), _RESNEXT_PLANES, cardinality=32, n_classes=600
     ),
 }
+
+
+def canonical_name(name: str) -> str:
+    """Map spellings users meet (``r3d50``, ``resnet-50``, ``ResNeXt_101``) to table names.
+
+    Raises
+    ------
+    ConfigError
+        For a name that is no architecture of :data:`ENCODER_SPECS`, listing the valid ones.
+    """
+    key = re.sub(r"[-_\s]", "", str(name).lower())
+    key = re.sub(r"^r3d(?=\d)", "resnet", key)
+    if key not in ENCODER_SPECS:
+        valid = ", ".join(ENCODER_SPECS)
+        raise ConfigError(f"unknown architecture {name!r}; valid names: {valid}")
+    return key
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -302,10 +321,6 @@ class ResNet3d(nn.Module):
 def build_encoder(
     name: str, width: float = 1.0, in_chans: int = 1, checkpoint_stages: bool = False
 ) -> ResNet3d:
-    """Build the encoder called ``name`` (a key of :data:`ENCODER_SPECS`)."""
-    try:
-        spec = ENCODER_SPECS[name]
-    except KeyError:
-        valid = ", ".join(ENCODER_SPECS)
-        raise ConfigError(f"unknown architecture {name!r}; valid names: {valid}") from None
+    """Build the encoder called ``name`` (any spelling :func:`canonical_name` accepts)."""
+    spec = ENCODER_SPECS[canonical_name(name)]
     return ResNet3d(spec, width, in_chans=in_chans, checkpoint_stages=checkpoint_stages)

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 from napari_inkdetect.errors import ConfigError
+from napari_inkdetect.options import ConfigData, option
+
+INIT = "default: from --init checkpoint, else"
+NORMALISATIONS = ("uint16_shift8_clip", "percentile")
+
+
+def parse_pair(text: str) -> tuple[float, float]:
+    """``"a,b"`` -> two floats (``ConfigError`` otherwise)."""
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"{text!r}: expected two numbers LO,HI") from None
+    return lo, hi
+
+
+def parse_normalisation(text: str) -> dict[str, Any]:
+    """A normalisation kind -> its settings dict (``ConfigError`` for an unknown kind)."""
+    if text not in NORMALISATIONS:
+        raise ConfigError(f"--normalisation {text!r}: use {' or '.join(NORMALISATIONS)}")
+    return {"kind": text}
+
 
 #: Parts of the model that can be trained; others are frozen (their BatchNorm kept in eval).
 TRAIN_PARTS = ("stem", "layer1", "layer2", "layer3", "layer4", "decoder")
@@ -15,7 +36,7 @@ _PART_ALIASES = {
     "last": ("layer4",),
 }
 #: Fields that may differ when resuming: they do not change what is computed.
-RESUME_FREE = ("resume", "device", "log_every", "prefetch", "augment_in_worker")
+RESUME_FREE = ("resume", "device", "log_every", "prefetch", "augment_in_worker", "in_child")
 #: Window settings that default to None: the ``init`` checkpoint's, else these values
 #: (``tile`` None: the device preset's, :mod:`~napari_inkdetect.training.presets`).
 WINDOW_DEFAULTS: dict[str, Any] = {
@@ -35,7 +56,7 @@ RESOLVED_FIELDS = (*WINDOW_DEFAULTS, "normalisation", *PRESET_FIELDS, *SIZE_FIEL
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(ConfigData):
     """Augmentation switches and strengths (each applied per tile with probability ``p_*``).
 
     On by default: flips and 90-degree rotations only. With every augmentation on, a 1/8-width
@@ -45,29 +66,61 @@ class AugmentConfig:
     crop-paste and layer cutout) are opt-in until measured on real segments.
     """
 
-    flips: bool = True
-    rot90: bool = True
-    affine: bool = False
-    affine_degrees: float = 15.0
-    affine_scale: tuple[float, float] = (0.9, 1.1)
-    intensity: bool = False  # brightness / contrast / gamma
-    brightness: float = 0.1
-    contrast: float = 0.2
-    gamma: tuple[float, float] = (0.8, 1.25)
-    noise: bool = False
-    noise_std: float = 0.03
-    blur: bool = False
-    coarse_dropout: bool = False
-    depth_crop: bool = False  # 4th place: 12..22 consecutive layers pasted at a random depth
-    depth_crop_min: int = 12
-    layer_cutout: bool = False  # 4th place: zero a few random layers
-    p_affine: float = 0.5
-    p_intensity: float = 0.5
-    p_noise: float = 0.3
-    p_blur: float = 0.2
-    p_dropout: float = 0.3
-    p_depth_crop: float = 0.4
-    p_cutout: float = 0.3
+    flips: bool = option(True, help="random flips of each tile")
+    rot90: bool = option(
+        True, label="90-degree rotations", help="random 90-degree rotations of each tile"
+    )
+    affine: bool = option(False, help="random rotation and scaling")
+    affine_degrees: float = option(15.0, lo=0, hi=180, unit="deg", help="largest rotation")
+    affine_scale: tuple[float, float] = option(
+        (0.9, 1.1), parse=parse_pair, metavar="LO,HI", help="scaling range"
+    )
+    intensity: bool = option(False, help="random brightness, contrast and gamma")
+    brightness: float = option(0.1, lo=0, hi=1, step=0.01, help="largest brightness shift")
+    contrast: float = option(0.2, lo=0, hi=1, step=0.01, help="largest contrast change")
+    gamma: tuple[float, float] = option(
+        (0.8, 1.25), parse=parse_pair, metavar="LO,HI", help="gamma range"
+    )
+    noise: bool = option(False, help="Gaussian noise")
+    noise_std: float = option(0.03, lo=0, hi=1, step=0.01, help="noise standard deviation")
+    blur: bool = option(False, help="Gaussian blur")
+    coarse_dropout: bool = option(False, help="blank random boxes")
+    depth_crop: bool = option(
+        False, help="4th place: 12..22 consecutive layers pasted at a random depth"
+    )
+    depth_crop_min: int = option(12, lo=1, hi=256, help="fewest layers a depth crop keeps")
+    layer_cutout: bool = option(False, help="4th place: zero a few random layers")
+    p_affine: float = option(
+        0.5, lo=0, hi=1, step=0.05, label="Affine probability", help="probability of the affine"
+    )
+    p_intensity: float = option(
+        0.5, lo=0, hi=1, step=0.05, label="Intensity probability", help="probability of intensity"
+    )
+    p_noise: float = option(
+        0.3, lo=0, hi=1, step=0.05, label="Noise probability", help="probability of noise"
+    )
+    p_blur: float = option(
+        0.2, lo=0, hi=1, step=0.05, label="Blur probability", help="probability of blur"
+    )
+    p_dropout: float = option(
+        0.3, lo=0, hi=1, step=0.05, label="Dropout probability", help="probability of dropout"
+    )
+    p_depth_crop: float = option(
+        0.4,
+        lo=0,
+        hi=1,
+        step=0.05,
+        label="Depth crop probability",
+        help="probability of a depth crop",
+    )
+    p_cutout: float = option(
+        0.3,
+        lo=0,
+        hi=1,
+        step=0.05,
+        label="Cutout probability",
+        help="probability of a layer cutout",
+    )
 
     @classmethod
     def all(cls) -> AugmentConfig:
@@ -81,16 +134,16 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(ConfigData):
     """Label-smoothed cross-entropy on labelled pixels, optional dice and class weights."""
 
-    label_smoothing: float = 0.3
-    dice_weight: float = 0.0
-    class_weights: bool = False
+    label_smoothing: float = option(0.3, lo=0, hi=0.99, step=0.05, help="label smoothing")
+    dice_weight: float = option(0.0, lo=0, hi=10, step=0.1, help="weight of a dice term")
+    class_weights: bool = option(False, help="weigh ink and not-ink by their inverse counts")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigData):
     """One training run. ``arch``/``width`` build a fresh model unless ``init`` names a
     checkpoint (Kinetics encoder, Kaggle ink model or our own file).
 
@@ -104,44 +157,139 @@ class TrainConfig:
     (see :mod:`.init_settings`).
     """
 
-    segment: str
-    labels: str
-    out: str
-    val_labels: str | None = None
-    init: str | None = None
-    arch: str | None = None  # None: the init checkpoint's, else the device preset's
-    width: float | None = None  # None: the init checkpoint's, else the device preset's
-    start_layer: int | None = None  # None: the window centred in the volume's depth
-    layers: int | None = None  # None: the init checkpoint's, else 22
-    scale: float | None = None  # None: from the init checkpoint and voxel sizes, else 1.0
-    depth_scale: bool = False
-    depth_direction: str | None = None  # "reverse" flips each window's layer order; None: init's
-    normalisation: dict[str, Any] | None = None  # windows.Normalisation.to_dict(); None: init's
-    tile: int | None = None  # None: the init checkpoint's, else the device preset's
-    steps: int | None = None  # None: the device preset's
-    epochs: float | None = None  # when set: steps = epochs x labelled tiles / batch
-    batch_size: int | None = None  # None: the device preset's (the global batch under DDP)
-    lr: float | None = None  # None: the preset for where training starts (init_settings)
-    weight_decay: float = 1e-2
-    warmup_steps: int | None = None  # None: 5% of the steps
-    min_lr_ratio: float = 0.01
-    train: str = "all"  # "all", "decoder", "decoder+last", "encoder", "layer3+layer4+decoder"
-    freeze_batchnorm: bool | None = None  # BatchNorm in eval mode; None: True from an ink model
-    device: str = "auto"
-    autocast: str = "auto"
-    activation_checkpointing: bool = False
-    channels_last: bool = False
-    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all GPUs' tiles
-    seed: int = 0
-    val_every: int = 100
-    val_fraction: float = 0.2  # automatic split when no val_labels: held-out components
-    log_every: int = 1
-    save_every: int | None = None  # None: at each validation (and at the end)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    prefetch: int = 4
-    augment_in_worker: bool | None = None  # None: in the worker on CPU, on the device on GPU
-    resume: bool = False
+    segment: str = option(positional=True, help="the segment (folder, TIFF stack or zarr)")
+    labels: str = option(required=True, help="sparse 0/1/2 or binary PNG/TIFF")
+    out: str = option(required=True, help="run directory")
+    val_labels: str | None = option(None, help="held-out labels (default: automatic split)")
+    init: str | None = option(
+        None,
+        exclusive="model",
+        help="initial checkpoint (any kind load_checkpoint reads; default: a new model)",
+    )
+    arch: str | None = option(  # None: the init checkpoint's, else the device preset's
+        None,
+        exclusive="model",
+        help=f"architecture of a new model, see `models` ({INIT} {{preset:arch}})",
+    )
+    width: float | None = option(  # None: the init checkpoint's, else the device preset's
+        None, lo=0.01, hi=4.0, step=0.0625, help=f"width multiplier ({INIT} {{preset:width}})"
+    )
+    start_layer: int | None = option(  # None: the window centred in the volume's depth
+        None, lo=0, hi=4096, exclusive="window",
+        help="first layer of the window (default: the window centred in the volume's depth)",
+    )  # fmt: skip
+    layers: int | None = option(  # None: the init checkpoint's, else 22
+        None, lo=1, hi=256, help=f"window length in layers ({INIT} 22)"
+    )
+    scale: float | None = option(  # None: from the init checkpoint and voxel sizes, else 1.0
+        None, lo=0.05, hi=20.0, step=0.01,
+        help="in-plane scale, model px per volume px (default: from --init checkpoint and the "
+        "voxel sizes, e.g. 2.44 for a 3.24 um Kaggle fold on 7.91 um scroll data, else 1.0)",
+    )  # fmt: skip
+    depth_scale: bool = option(False, help="legacy: resample depth with the in-plane scale")
+    depth_direction: str | None = option(  # "reverse" flips each window's layer order
+        None, choices=("forward", "reverse"), label="Depth order",
+        flags={"--reverse": ("reverse", f"flip each window's depth order ({INIT} forward)"),
+               "--forward": ("forward", "keep the depth order even if --init was reversed")},
+        help="depth order of each window (default: the init checkpoint's, else forward)",
+    )  # fmt: skip
+    normalisation: dict[str, Any] | None = option(  # windows.Normalisation.to_dict()
+        None, parse=parse_normalisation, metavar="{uint16_shift8_clip,percentile}",
+        help=f"intensity normalisation ({INIT} uint16_shift8_clip: >>8, clip 50..200, /255)",
+    )  # fmt: skip
+    tile: int | None = option(  # None: the init checkpoint's, else the device preset's
+        None, lo=16, hi=1024, step=16, unit="px",
+        help=f"tile size in model pixels ({INIT} {{preset:tile}})",
+    )  # fmt: skip
+    steps: int | None = option(  # None: the device preset's
+        None, lo=1, hi=10_000_000, help="optimiser steps (default: {preset:steps})"
+    )
+    epochs: float | None = option(  # when set: steps = epochs x labelled tiles / batch
+        None,
+        lo=0.01,
+        hi=10_000,
+        help="instead of steps: passes over the labelled tiles (default: none, use steps)",
+    )
+    batch_size: int | None = option(  # None: the device preset's (the global batch under DDP)
+        None, lo=1, hi=4096, help="tiles per step, over all GPUs (default: {preset:batch_size})"
+    )
+    lr: float | None = option(  # None: the preset for where training starts (init_settings)
+        None, lo=1e-7, hi=1.0, step=1e-5, label="Learning rate",
+        help="learning rate (default: a preset by where training starts: 1e-3 from scratch on "
+        "the CPU, 3e-4 on a GPU, 1e-4 from a Kinetics encoder, 3e-5 from a trained ink model)",
+    )  # fmt: skip
+    weight_decay: float = option(1e-2, lo=0, hi=1, step=1e-3, help="AdamW weight decay")
+    warmup_steps: int | None = option(
+        None, lo=0, hi=1_000_000, help="linear warm-up steps (default: 5% of the steps)"
+    )
+    min_lr_ratio: float = option(0.01, lo=0, hi=1, step=0.01, help="final lr / lr (cosine)")
+    train: str = option(  # "all", "decoder", "decoder+last", "encoder", "layer3+layer4+decoder"
+        "all", flag="--train-parts", help="all | decoder | decoder+last | ... (default: all)"
+    )
+    freeze_batchnorm: bool | None = option(  # BatchNorm in eval mode; None: True from ink models
+        None, label="Freeze BatchNorm",
+        flags={"--freeze-batchnorm": (True, "BatchNorm in eval mode, its statistics kept "
+                                            "(default: from a trained ink model)"),
+               "--train-batchnorm": (False, "BatchNorm trains (default: from scratch or from "
+                                            "a Kinetics encoder)")},
+        help="BatchNorm in eval mode (default: from a trained ink model)",
+    )  # fmt: skip
+    device: str = option(
+        "auto",
+        help="auto (CUDA, MPS, CPU), cpu, cuda:N, mps (default: auto); it picks the size "
+        "preset: cpu for the CPU, gpu for CUDA or MPS, gpus with --gpus N on CUDA",
+    )  # fmt: skip
+    autocast: str = option(
+        "auto", choices=("auto", "off", "bf16", "fp16"), help="mixed precision (default: auto)"
+    )
+    activation_checkpointing: bool = option(
+        False, flag="--checkpointing", help="activation checkpointing"
+    )
+    channels_last: bool = option(False, help="channels-last memory format (CUDA)")
+    sync_batchnorm: bool = option(  # under torchrun: BatchNorm statistics over all GPUs' tiles
+        False, flag="--sync-bn", help="with several GPUs: BatchNorm over all GPUs",
+        form=False, why="the dock trains in one process (several GPUs: the command's --gpus)",
+    )  # fmt: skip
+    seed: int = option(0, lo=0, hi=2**31 - 1, help="random seed (default: 0)")
+    val_every: int = option(
+        100,
+        lo=1,
+        hi=1_000_000,
+        label="Validate every",
+        help="validate every N steps (default: 100)",
+    )
+    val_fraction: float = option(  # automatic split when no val_labels: held-out components
+        0.2,
+        lo=0.05,
+        hi=0.9,
+        step=0.05,
+        label="Held-out share",
+        help="automatic split: share of components held out",
+    )
+    log_every: int = option(1, lo=1, hi=1_000_000, help="log a step record every N steps")
+    save_every: int | None = option(  # None: at each validation (and at the end)
+        None, lo=1, hi=1_000_000, help="save last every N steps (default: at each validation)"
+    )
+    augment: AugmentConfig = option(default_factory=AugmentConfig, help="augmentation")
+    loss: LossConfig = option(default_factory=LossConfig, help="loss")
+    prefetch: int = option(
+        4, lo=1, hi=64, unit="batches", help="batches prepared ahead of the model"
+    )
+    augment_in_worker: bool | None = option(  # None: in the worker on CPU, on the device on GPU
+        None, help="augment in the prefetch thread (default: on the CPU yes, on a GPU no)"
+    )
+    resume: bool = option(
+        False, form=False, help="continue the run in --out",
+        why="the dock starts each run in a new folder; Continue starts one from the last "
+        "run's checkpoint",
+    )  # fmt: skip
+    in_child: bool = option(
+        False, cli=False, form=False,
+        why="a command is its own process already; the dock always trains in a child",
+        help="run in a spawned process (the GUI's interpreter stays free)",
+    )  # fmt: skip
+
+    settings_name: ClassVar[str] = "training settings"
 
     def __post_init__(self) -> None:
         if self.depth_direction not in (None, "forward", "reverse"):
@@ -160,25 +308,6 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         trained_parts(self.train)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data (tuples as lists)."""
-        return _jsonable(asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused (a typo would be silent)."""
-        data = dict(data)
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        data["augment"] = _sub(AugmentConfig, data.get("augment"))
-        data["loss"] = _sub(LossConfig, data.get("loss"))
-        return cls(**data)
-
-    def with_(self, **changes: Any) -> TrainConfig:
-        """A copy with some settings changed."""
-        return replace(self, **changes)
-
     def unresolved(self) -> list[str]:
         """The settings still None that the trainer resolves (empty once resolved)."""
         return [name for name in RESOLVED_FIELDS if getattr(self, name) is None]
@@ -187,26 +316,6 @@ class TrainConfig:
         """Settings that differ and change the result (ignores ``RESUME_FREE``)."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [k for k in mine if k not in RESUME_FREE and mine[k] != theirs.get(k)]
-
-
-def _sub(cls: type, data: Any) -> Any:
-    if data is None:
-        return cls()
-    if isinstance(data, cls):
-        return data
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def trained_parts(spec: str) -> tuple[str, ...]:

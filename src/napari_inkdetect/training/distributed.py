@@ -22,7 +22,6 @@ does the rest:
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import datetime
 import os
@@ -217,18 +216,3 @@ def check_launch(nproc: int, config: TrainConfig) -> None:
             f"--gpus {nproc}: only {visible} CUDA GPU(s) visible (--device cpu runs {nproc} "
             "CPU processes with gloo, for testing)"
         )
-
-
-def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace, drop=()) -> list:
-    """The arguments ``parser`` parses back into ``args`` (defaults and ``drop`` left out)."""
-    out: list[str] = []
-    for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if action.dest in drop or action.dest == argparse.SUPPRESS:  # --help
-            continue
-        if not action.option_strings:
-            out.append(str(value))
-        elif value is not None and value != action.default:
-            flag = action.option_strings[-1]
-            out += [flag] if action.nargs == 0 else [flag, str(value)]
-    return out

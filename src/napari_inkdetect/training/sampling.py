@@ -22,7 +22,8 @@ from scipy import ndimage
 from napari_inkdetect.errors import ConfigError
 from napari_inkdetect.io.labels import INK, NOT_INK
 from napari_inkdetect.training.validation import ValidationPlan, mask_edges
-from napari_inkdetect.windows import WindowSpec, read_raw, to_model_input
+from napari_inkdetect.window_tensors import to_model_input
+from napari_inkdetect.windows import WindowSpec, read_raw
 
 
 @dataclass

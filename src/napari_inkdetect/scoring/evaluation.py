@@ -10,7 +10,8 @@ import numpy as np
 from napari_inkdetect.errors import ConfigError, LabelsError
 from napari_inkdetect.io.images import read_gray
 from napari_inkdetect.io.labels import check_shape, read_labels, read_mask
-from napari_inkdetect.metrics import score
+from napari_inkdetect.io.prediction_store import open_prediction, prediction_threshold
+from napari_inkdetect.scoring.metrics import score
 
 DEFAULT_THRESHOLD = 0.5
 #: where the threshold of :func:`evaluate_prediction` came from (``threshold_source``)
@@ -69,7 +70,6 @@ def _load(
     if path.suffix.lower() in (".png", ".tif", ".tiff"):
         image = read_gray(path)
         return image[None], [start_layer], (0, 0), None
-    from napari_inkdetect.inference import open_prediction, prediction_threshold
 
     prob, prov = open_prediction(path)
     starts = list(prov["start_layers"])

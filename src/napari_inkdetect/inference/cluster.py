@@ -1,9 +1,9 @@
 """Prediction on a dask ``distributed`` cluster: one task per output chunk.
 
-``predict_on_cluster(config, workers=N | scheduler=ADDRESS, stop)`` yields the events of
-:func:`napari_inkdetect.inference.predict` (:class:`PredictStarted`, :class:`BatchDone`,
+``predict(config)`` comes here when ``config.workers`` or ``config.scheduler`` is set; it
+yields the events of a local run (:class:`PredictStarted`, :class:`BatchDone`,
 :class:`ChunkDone`, :class:`PredictFinished`) plus one :class:`ClusterReady`, so the CLI, tests
-and a dock drain it the way they drain ``predict``.
+and a dock drain it the way they drain a local run.
 
 Design
 ------
@@ -36,31 +36,27 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from distributed import Nanny
 
 from napari_inkdetect.devices import resolve_device
 from napari_inkdetect.errors import ChildCrashedError, ClusterError, ConfigError, InkDetectError
-from napari_inkdetect.inference import (
-    PROB,
+from napari_inkdetect.inference.config import PredictConfig
+from napari_inkdetect.inference.events import (
     BatchDone,
     ChunkDone,
-    PredictConfig,
+    ClusterReady,
     PredictFinished,
-    PredictJob,
     PredictStarted,
-    _done_flags,
-    _pending_chunks,
-    open_job,
-    predict_chunk,
-    prepare_output,
 )
-from napari_inkdetect.processes import _rebuild_error
+from napari_inkdetect.inference.job import PredictJob, open_job, prepare_output
+from napari_inkdetect.inference.local import predict_chunk
+from napari_inkdetect.io.prediction_store import done_flags, read_chunk
+from napari_inkdetect.processes import rebuild_error
 
 __all__ = ["ClusterReady", "PinnedNanny", "predict_on_cluster", "visible_gpus"]
 
@@ -72,19 +68,6 @@ MALLOC_SETTINGS = {
     "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
 }
-
-
-@dataclass(frozen=True)
-class ClusterReady:
-    """The cluster runs the job: its scheduler ``address``, the number of ``workers``, their
-    ``devices`` (e.g. ``("cuda:0",)`` or ``("cpu",)``), the ``dashboard_link`` (None without
-    one) and whether the cluster was started here (``local``, closed at the end)."""
-
-    address: str
-    workers: int
-    devices: tuple[str, ...]
-    dashboard_link: str | None
-    local: bool
 
 
 # --------------------------------------------------------------------------- worker side
@@ -227,7 +210,7 @@ def _plan(config: PredictConfig) -> PredictJob:
 
 def _task_config(config: PredictConfig, pinned: bool) -> dict[str, Any]:
     """What each task receives; a pinned worker's own GPU is its ``cuda:0``."""
-    task = config.with_(overwrite=False)
+    task = config.with_(overwrite=False, workers=None, scheduler=None, in_child=False)
     if pinned and config.device.startswith("cuda"):
         task = task.with_(device="cuda")
     return task.to_dict()
@@ -256,61 +239,43 @@ def _check_workers(client: Any, config: PredictConfig, device: str) -> tuple[str
 
 
 def predict_on_cluster(
-    config: PredictConfig,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    stop: threading.Event | None = None,
-    read_chunks: bool = True,
-) -> Iterator[Any]:
+    config: PredictConfig, stop: threading.Event | None = None
+) -> Generator[Any, None, PredictFinished]:
     """Predict as ``config`` says on a dask cluster, yielding the events of ``predict``.
 
-    Parameters
-    ----------
-    config
-        The prediction; its paths must be visible to every worker under the same names.
-    workers
-        Start a ``LocalCluster`` of this many single-threaded worker processes (default, with
-        ``scheduler`` unset too: one per CUDA GPU, else one per CPU core); with CUDA GPUs each
-        worker is pinned to one GPU.
-    scheduler
-        Address of a running scheduler (``tcp://host:8786``) to use instead; it is left running.
-    stop
-        When set, queued chunks are cancelled and the run ends with
-        ``PredictFinished(stopped=True)``; finished chunks stay on disk (a rerun resumes).
-    read_chunks
-        Read each finished chunk back from the output for :class:`ChunkDone` (a dock draws it);
-        without it, only one :class:`BatchDone` per finished chunk reports progress.
+    ``config.workers`` starts a ``LocalCluster`` of that many single-threaded worker
+    processes (with CUDA GPUs each worker is pinned to one GPU); ``config.scheduler`` is the
+    address of a running scheduler (``tcp://host:8786``), left running. The paths must be
+    visible to every worker under the same names. A set ``stop`` cancels queued chunks and
+    ends with ``PredictFinished(stopped=True)``; finished chunks stay on disk (a rerun
+    resumes).
 
-    Yields
-    ------
-    PredictStarted, ClusterReady, then per finished chunk BatchDone (tiles done so far) and
-    ChunkDone, and PredictFinished last.
+    Yields PredictStarted, ClusterReady, then per finished chunk BatchDone (windows done so
+    far, as ``predict`` counts them) and ChunkDone (read back from the output, unless
+    ``config.chunk_events`` is off), and
+    PredictFinished last, which is also the return value.
     """
-    if workers is not None and scheduler is not None:
-        raise ConfigError("give either workers (start a local cluster) or a scheduler, not both")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers = {workers}: need at least 1")
     stop = stop or threading.Event()
     job = _plan(_absolute(config))
     root = prepare_output(job)
     with contextlib.ExitStack() as resources:  # closed before PredictFinished: no late writes
-        client, pinned = _open_cluster(resources, job.config, workers, scheduler)
-        seconds, tiles = yield from _run(client, job, root, pinned, stop, read_chunks)
-    stopped = len(_pending_chunks(job, _done_flags(root))) > 0
+        client, pinned = _open_cluster(resources, job.config)
+        seconds, tiles = yield from _run(client, job, root, pinned, stop)
+    stopped = len(job.pending(done_flags(root))) > 0
     rate = tiles / max(seconds, 1e-9)
-    yield PredictFinished(Path(job.config.out), seconds, rate, tiles, stopped)
+    result = PredictFinished(Path(job.config.out), seconds, rate, tiles, stopped)
+    yield result
+    return result
 
 
-def _open_cluster(
-    resources: contextlib.ExitStack, config: PredictConfig, workers: int | None,
-    scheduler: str | None,
-) -> tuple[Any, bool]:  # fmt: skip
+def _open_cluster(resources: contextlib.ExitStack, config: PredictConfig) -> tuple[Any, bool]:
     """A client of the scheduler, or of a new local cluster; both close with ``resources``.
     Also says whether workers were pinned to GPUs."""
+    scheduler = config.scheduler
     gpus = visible_gpus() if scheduler is None and _uses_cuda(config) else ()
     if scheduler is None:
         resources.callback(_environ_restorer())
-    target = scheduler if scheduler is not None else _start_local(workers, gpus)
+    target = scheduler if scheduler is not None else _start_local(config.workers, gpus)
     if scheduler is None:
         resources.callback(target.close)
     client = _connect(target)
@@ -319,16 +284,15 @@ def _open_cluster(
 
 
 def _run(
-    client: Any, job: PredictJob, root: Any, pinned: bool, stop: threading.Event,
-    read_chunks: bool,
-) -> Generator[Any, None, tuple[float, int]]:  # fmt: skip
+    client: Any, job: PredictJob, root: Any, pinned: bool, stop: threading.Event
+) -> Generator[Any, None, tuple[float, int]]:
     """Check the workers, submit the pending chunks and report them as they finish; returns
     the seconds since submission and the tiles computed."""
     task = _task_config(job.config, pinned)
     chunks = yield from _announce(client, job, root, task)
     tiles = {c: len(job.chunk_tiles(*c)) * job.windows_per_tile for c in chunks}
     total, done = sum(tiles.values()), 0
-    n_chunks = len(_pending_chunks(job, np.zeros(job.chunk_grid, bool)))
+    n_chunks = len(job.pending())
     chunks_done, started = n_chunks - len(chunks), time.perf_counter()
     futures = _submit(client, task, chunks)
     try:
@@ -336,10 +300,9 @@ def _run(
             done, chunks_done = done + tiles[index], chunks_done + 1
             rate = done / max(time.perf_counter() - started, 1e-9)
             yield BatchDone(done, total, rate, (total - done) / max(rate, 1e-9))
-            if read_chunks:
-                y0, x0, y1, x1 = job.chunk_box(*index)
-                data = np.asarray(root[PROB][:, y0:y1, x0:x1])
-                yield ChunkDone(index, y0, x0, data, chunks_done, n_chunks, rate)
+            if job.config.chunk_events:  # read back from the output for a viewer
+                y0, x0, _, _ = box = job.chunk_box(*index)
+                yield ChunkDone(index, y0, x0, read_chunk(root, box), chunks_done, n_chunks, rate)
     finally:
         with contextlib.suppress(Exception):  # a lost scheduler must not hide the real error
             client.cancel(list(futures.values()))
@@ -354,9 +317,9 @@ def _announce(
     address = client.scheduler_info(n_workers=0)["address"]
     _wait_for_workers(client, address)
     devices = _check_workers(client, job.config, task["device"])
-    every = _pending_chunks(job, np.zeros(job.chunk_grid, bool))
-    chunks = _pending_chunks(job, _done_flags(root))
-    total = sum(len(job.chunk_tiles(*c)) for c in chunks) * job.windows_per_tile
+    every = job.pending()
+    chunks = job.pending(done_flags(root))
+    total = job.windows_in(chunks)
     n_workers = len(client.nthreads())
     yield PredictStarted(
         Path(job.config.out), job.shape, job.region, job.start_layers, total, len(every),
@@ -406,5 +369,5 @@ def _completed(client: Any, futures: dict, stop: threading.Event) -> Iterator[tu
                     "out of memory? see the worker logs"
                 ) from None
             if error is not None:
-                raise _rebuild_error(*error)
+                raise rebuild_error(*error)
             yield index
