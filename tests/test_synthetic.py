@@ -11,7 +11,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_inkdetect.synthetic import SyntheticSegment, _dilate, make_segment, write_segment
+from napari_inkdetect.synthetic import SyntheticSegment, make_segment, write_segment
+from napari_inkdetect.synthetic.fields import _dilate
 
 
 @pytest.fixture(scope="module")
