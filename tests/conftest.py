@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_files import save_tiny_checkpoint
 from segment_files import random_volume, write_layers, write_png
 
 # Keep the sample segment and pyramid caches out of the user's home during tests.
@@ -52,3 +53,19 @@ def fragment(tmp_path, volume) -> Path:
     ink[10:20, 10:20] = 255
     write_png(folder / "inklabels.png", ink)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """``tiny_checkpoint(path, **save_checkpoint_settings) -> path``: see
+    :func:`save_tiny_checkpoint`."""
+    return save_tiny_checkpoint
+
+
+@pytest.fixture
+def small_segment(tmp_path) -> Path:
+    """The synthetic crackle segment at 12 x 96 x 128, written as segment ``s`` (its labels,
+    mask and truth beside it) in this test's own folder."""
+    from napari_inkdetect.synthetic import make_segment, write_segment
+
+    return write_segment(make_segment(shape=(12, 96, 128)), tmp_path, "s")

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distributed_training.py.
+"""Run under torchrun by tests/training/test_distributed_training.py.
 
 ``python -m torch.distributed.run ... tests/_ddp_train.py RUN.json`` trains each config in
 the JSON list ``[[config, stop_after], ...]`` in turn; rank 0 sets the stop event after step

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import zarr
 from fuzz.records import recorded
+from model_files import save_tiny_checkpoint
 
 from napari_inkdetect.cli import main
 from napari_inkdetect.engine import drain
@@ -160,16 +161,12 @@ def test_racing_processes_one_wins(tmp_path):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    import torch
 
-    from napari_inkdetect.models import InkDetector, save_checkpoint
     from napari_inkdetect.synthetic import make_segment, write_segment
 
     root = tmp_path_factory.mktemp("locks")
     segment = write_segment(make_segment(shape=(12, 96, 128), seed=4), root)
-    torch.manual_seed(0)
-    model = InkDetector("resnet10", width=0.125)
-    checkpoint = save_checkpoint(root / "tiny.safetensors", model, tile_size=64, in_layers=8)
+    checkpoint = save_tiny_checkpoint(root / "tiny.safetensors", in_layers=8)
     return {"segment": segment, "checkpoint": checkpoint}
 
 

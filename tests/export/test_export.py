@@ -10,8 +10,8 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
-import torch
 import zarr
+from model_files import save_tiny_checkpoint
 from PIL import Image
 
 from napari_inkdetect.engine import drain
@@ -30,7 +30,6 @@ from napari_inkdetect.inference import PredictConfig, predict
 from napari_inkdetect.io.images import read_gray
 from napari_inkdetect.io.segment import open_segment
 from napari_inkdetect.io.sources import ReadCounter
-from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
 
 STARTS = (0, 1, 2, 3, 4)
@@ -45,10 +44,7 @@ def prediction(tmp_path_factory) -> Path:
     (p = 1 in INK, rising with depth in FAINT, 0 elsewhere) so what frames show can be checked."""
     root = tmp_path_factory.mktemp("export")
     segment = write_segment(make_segment(shape=(12, 96, 128), seed=1), root, "seg")
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(
-        root / "m.safetensors", InkDetector("resnet10", width=0.125), tile_size=64
-    )
+    ckpt = save_tiny_checkpoint(root / "m.safetensors")
     out = drain(predict(
         PredictConfig(
             segment=str(segment), checkpoint=str(ckpt), out=str(root / "pred.zarr"), tile=64,

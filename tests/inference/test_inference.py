@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from model_files import save_tiny_checkpoint
 from PIL import Image
 
 from napari_inkdetect import __version__
@@ -215,9 +216,7 @@ def test_chunk_tasks_alone_match_the_generator(data, tmp_path):
 @pytest.mark.parametrize("window", [{"normalisation": {"kind": "percentile"}},
                                     {"depth_scale": True, "scale": 2.0}])  # fmt: skip
 def test_per_window_preparation_paths(data, tmp_path, window):
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", InkDetector("resnet10", width=0.125),
-                           tile_size=64, **window)  # fmt: skip
+    ckpt = save_tiny_checkpoint(tmp_path / "m.safetensors", **window)
     cfg = _config(data, tmp_path / "p.zarr", checkpoint=str(ckpt), start_layers=[2, 3],
                   region=(0, 0, 96, 96))  # fmt: skip
     drain(predict(cfg))

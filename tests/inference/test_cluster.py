@@ -15,6 +15,7 @@ import pytest
 import torch
 import zarr
 from distributed import Client, LocalCluster
+from model_files import save_tiny_checkpoint
 
 from napari_inkdetect.cli import main
 from napari_inkdetect.engine import drain
@@ -37,7 +38,6 @@ from napari_inkdetect.inference.cluster import (
     PinnedNanny,
     _environ_restorer,
 )
-from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
 
 pytestmark = pytest.mark.slow
@@ -49,9 +49,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     """A small synthetic segment, a tiny random model and the single-process reference."""
     root = tmp_path_factory.mktemp("cluster")
     segment = write_segment(make_segment(shape=(30, 160, 224), seed=1), root)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(root / "random.safetensors", InkDetector("resnet10", width=0.125),
-                           tile_size=64)  # fmt: skip
+    ckpt = save_tiny_checkpoint(root / "random.safetensors")
     data = {"segment": segment, "checkpoint": ckpt, "root": root}
     drain(predict(_config(data, root / "reference.zarr")))
     return {**data, "reference": _prob(root / "reference.zarr")}
