@@ -13,7 +13,7 @@ import napari
 from napari_inkdetect._napari_layers import TRAIN, VOLUME, LayerData, layer_role, segment_layers
 from napari_inkdetect._sample_data import make_sample_segment
 from napari_inkdetect._widgets._layout import arrange_docks
-from napari_inkdetect._widgets.ink_depth_plot import estimate_inputs
+from napari_inkdetect._widgets.find_ink_depth import estimate_inputs
 from napari_inkdetect.ink_depth import InkDepth, estimate_ink_depth
 from napari_inkdetect.io.segment import open_segment
 

@@ -30,3 +30,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             f"device {name!r} is not available here (available: {', '.join(available)})"
         )
     return torch.device(name)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory (CUDA's own error, or the
+    RuntimeError other backends raise), which a smaller batch may avoid."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))

@@ -14,7 +14,7 @@ from napari_inkdetect._widgets.finetune_dock import FinetuneWidget
 from napari_inkdetect._widgets.predict_dock import PredictWidget
 from napari_inkdetect.cli import main
 from napari_inkdetect.export import FrameRendered, export, render_sweep
-from napari_inkdetect.inference import open_prediction
+from napari_inkdetect.io.prediction_store import open_prediction
 from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
 

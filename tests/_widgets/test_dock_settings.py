@@ -18,18 +18,8 @@ from napari_inkdetect._widgets.finetune_dock import FinetuneWidget
 from napari_inkdetect._widgets.labels_dock import CrackleLabelsWidget
 from napari_inkdetect._widgets.predict_dock import PredictWidget
 from napari_inkdetect.models import InkDetector, save_checkpoint
-from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training.init_settings import resolve_init_settings
 from napari_inkdetect.training.presets import pick_preset
-
-
-@pytest.fixture
-def viewer(make_napari_viewer, tmp_path):
-    """A viewer with a 12 x 96 x 128 synthetic segment opened by our reader."""
-    folder = write_segment(make_segment(shape=(12, 96, 128)), tmp_path, "s")
-    viewer = make_napari_viewer()
-    viewer.open(folder, plugin="napari-inkdetect")
-    return viewer
 
 
 def close(widget, qtbot) -> None:

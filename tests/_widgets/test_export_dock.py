@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from napari.utils.notifications import notification_manager
 from PIL import Image
 
 from napari_inkdetect._widgets.export_dock import ExportWidget
-from napari_inkdetect.inference import PredictConfig, run_prediction
+from napari_inkdetect.engine import drain
+from napari_inkdetect.inference import PredictConfig, predict
 from napari_inkdetect.io.images import read_gray
 from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
@@ -32,12 +32,12 @@ def prediction(tmp_path_factory) -> Path:
     ckpt = save_checkpoint(
         root / "m.safetensors", InkDetector("resnet10", width=0.125), tile_size=64
     )
-    return run_prediction(
+    return drain(predict(
         PredictConfig(
             segment=str(segment), checkpoint=str(ckpt), out=str(root / "pred.zarr"), tile=64,
             chunk=64, layers=8, start_layers=STARTS, device="cpu", autocast="off",
         )
-    )  # fmt: skip
+    )).path  # fmt: skip
 
 
 def _add_prediction(viewer, path: Path, name: str = "seg ink pred"):
@@ -61,15 +61,6 @@ def dock(viewer, qtbot) -> ExportWidget:
     widget = ExportWidget(viewer)
     qtbot.addWidget(widget)
     return widget
-
-
-@pytest.fixture
-def notifications():
-    """Every notification napari dispatches during the test."""
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def _run(dock: ExportWidget, qtbot) -> None:

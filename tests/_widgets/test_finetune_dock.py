@@ -8,23 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_inkdetect._widgets.finetune_dock import NO_VALIDATION, FinetuneWidget
 from napari_inkdetect.io.images import read_gray
-from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import StepDone
 
 RUN_TIMEOUT_MS = 60_000  # a spawned child imports torch first: ~8 s on two slow cores
-
-
-@pytest.fixture
-def segment_viewer(make_napari_viewer, tmp_path):
-    """A viewer with a 12 x 96 x 128 synthetic segment opened by our reader."""
-    folder = write_segment(make_segment(shape=(12, 96, 128)), tmp_path, "s")
-    viewer = make_napari_viewer()
-    viewer.open(folder, plugin="napari-inkdetect")
-    return viewer
 
 
 @pytest.fixture
@@ -43,15 +32,6 @@ def dock(segment_viewer, tmp_path):
     widget.runs_edit.setText(str(tmp_path / "runs"))
     segment_viewer.dims.set_current_step(0, 2)
     return widget
-
-
-@pytest.fixture
-def notifications():
-    """Every notification napari dispatches during the test."""
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def test_build_config_reflects_widgets(dock, segment_viewer):

@@ -10,11 +10,8 @@ from napari.utils.notifications import notification_manager
 from segment_files import write_png
 
 from napari_inkdetect._napari_layers import segment_layers
-from napari_inkdetect._widgets.labels_dock import (
-    BRUSH_SIZE,
-    CrackleLabelsWidget,
-    rectangle_boxes,
-)
+from napari_inkdetect._widgets.dense_boxes import rectangle_boxes
+from napari_inkdetect._widgets.labels_dock import BRUSH_SIZE, CrackleLabelsWidget
 from napari_inkdetect.io.images import read_gray
 from napari_inkdetect.io.labels import INK, NOT_INK, UNLABELED
 from napari_inkdetect.io.segment import open_segment

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from napari.utils.notifications import notification_manager
 
 from napari_inkdetect._napari_layers import (
     MASK,
@@ -28,7 +27,8 @@ from napari_inkdetect._widgets.export_dock import ExportWidget
 from napari_inkdetect._widgets.finetune_dock import NO_VALIDATION, FinetuneWidget
 from napari_inkdetect._widgets.labels_dock import CrackleLabelsWidget
 from napari_inkdetect._widgets.predict_dock import PredictWidget
-from napari_inkdetect.inference import PredictConfig, run_prediction
+from napari_inkdetect.engine import drain
+from napari_inkdetect.inference import PredictConfig, predict
 from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
 
@@ -44,14 +44,6 @@ def segments(tmp_path_factory) -> dict[str, Path]:
         name: write_segment(make_segment(shape=SHAPE, seed=i), root, name)
         for i, name in enumerate(("s", "t"))
     }
-
-
-@pytest.fixture
-def notifications():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def _items(combo) -> list[str]:
@@ -151,12 +143,12 @@ def predictions(segments, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("predictions")
     torch.manual_seed(0)
     ckpt = save_checkpoint(root / "m.safetensors", InkDetector("resnet10", 0.125), tile_size=64)
-    first = run_prediction(
+    first = drain(predict(
         PredictConfig(
             segment=str(segments["s"]), checkpoint=str(ckpt), out=str(root / "a.zarr"), tile=64,
             chunk=64, layers=8, start_layers=(1, 2), device="cpu", autocast="off",
         )
-    )  # fmt: skip
+    )).path  # fmt: skip
     (root / "preview").mkdir()
     return {
         "a": first,

@@ -14,18 +14,14 @@ from napari_inkdetect._widgets.export_dock import ExportWidget
 from napari_inkdetect._widgets.finetune_dock import FinetuneWidget
 from napari_inkdetect._widgets.predict_dock import PredictWidget
 from napari_inkdetect.models import InkDetector, save_checkpoint
-from napari_inkdetect.synthetic import make_segment, write_segment
 
 TIMEOUT_MS = 60_000
 
 
 @pytest.fixture
-def viewer(make_napari_viewer, tmp_path):
-    folder = write_segment(make_segment(shape=(12, 96, 128)), tmp_path, "s")
-    viewer = make_napari_viewer()
-    viewer.open(folder, plugin="napari-inkdetect")
-    viewer.layers.selection.active = viewer.layers["s train labels"]  # being painted
-    return viewer
+def viewer(segment_viewer):
+    segment_viewer.layers.selection.active = segment_viewer.layers["s train labels"]  # painted
+    return segment_viewer
 
 
 @pytest.fixture

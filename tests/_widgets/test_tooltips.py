@@ -21,30 +21,29 @@ from napari_inkdetect._widgets.export_dock import ExportWidget
 from napari_inkdetect._widgets.finetune_dock import FinetuneWidget
 from napari_inkdetect._widgets.labels_dock import CrackleLabelsWidget
 from napari_inkdetect._widgets.predict_dock import PredictWidget
-from napari_inkdetect.synthetic import make_segment, write_segment
 
 INPUTS = (QSpinBox, QDoubleSpinBox, QComboBox, QCheckBox, QLineEdit, QPushButton, QRadioButton)
 DOCKS = (CrackleLabelsWidget, FinetuneWidget, PredictWidget, ExportWidget)
 #: the window centre controls change hands (another change names their tooltips)
 MAY_LACK = {"centre_spin", "centre_from", "centre_to", "start_spin", "start_from", "start_to"}
-#: how a number's tooltip (or suffix) names its unit
-UNITS = re.compile(r"layers?|pixels?|\bpx\b|steps?|tiles?|0\.\.1|fps|frames|multiplier|seed")
-#: numbers without a unit: a learning rate, counts of processes
-UNITLESS = {"lr_spin", "workers_spin"}
-
-
-@pytest.fixture
-def viewer(make_napari_viewer, tmp_path):
-    folder = write_segment(make_segment(shape=(12, 96, 128)), tmp_path, "s")
-    viewer = make_napari_viewer()
-    viewer.open(folder, plugin="napari-inkdetect")
-    return viewer
+#: how a number's tooltip (or suffix) names its unit (the generated Advanced fields add
+#: degrees, batches read ahead, windows per call and a held-out share)
+UNITS = re.compile(
+    r"layers?|pixels?|\bpx\b|steps?|tiles?|0\.\.1|fps|frames|multiplier|seed"
+    r"|\bdeg\b|batch(es)?\b|windows?\b|share"
+)
+#: numbers without a unit: a learning rate, counts of processes, the loss's coefficients
+UNITLESS = {"lr_spin", "workers_spin", "loss.label_smoothing", "loss.dice_weight"}
 
 
 def inputs(dock: QWidget) -> list[tuple[str, QWidget]]:
     """(attribute name or class, widget) of every input in the dock; the text field inside
     a spin box or a combo box is part of it, not an input of its own."""
     names = {id(value): name for name, value in vars(dock).items() if isinstance(value, QWidget)}
+    if hasattr(dock, "config_fields"):  # the generated fields without an attribute: by field
+        for field, value in dock.config_fields().items():
+            if isinstance(value, QWidget):
+                names.setdefault(id(value), field)
     found = []
     for kind in INPUTS:
         for widget in dock.findChildren(kind):

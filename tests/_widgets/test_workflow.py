@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from napari_inkdetect._napari_app import add_docks
-from napari_inkdetect.inference import open_prediction
 from napari_inkdetect.io.labels import INK, NOT_INK
+from napari_inkdetect.io.prediction_store import open_prediction
 from napari_inkdetect.synthetic import make_segment, write_segment
 
 STEPS = 300

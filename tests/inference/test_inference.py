@@ -15,11 +15,12 @@ from PIL import Image
 
 from napari_inkdetect import __version__
 from napari_inkdetect.engine import drain
-from napari_inkdetect.errors import CheckpointError, ConfigError
+from napari_inkdetect.errors import CheckpointError, ConfigError, InkDetectError
 from napari_inkdetect.export import export_prediction
 from napari_inkdetect.inference import (
     BatchDone,
     ChunkDone,
+    PredictBatchHalved,
     PredictConfig,
     PredictFinished,
     PredictStarted,
@@ -417,3 +418,37 @@ def test_output_is_zero_off_the_papyrus_mask(data, tmp_path):
     planes = np.asarray(prob)
     assert (planes[:, ~mask] == 0).all()
     assert (np.abs(planes[:, mask].astype(int) - CONSTANT_U8) <= 1).all()
+
+
+# --------------------------------------------------------------------------- out of memory
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_result(data, tmp_path, monkeypatch):
+    """Issue 14: a device out of memory during prediction halves the windows per model call
+    (as training does) instead of ending the run; the map is the same, and a model that does
+    not fit even one window ends in one clear line."""
+    cfg = _config(data, tmp_path / "ref.zarr", start_layers=[3, 4], batch_size=8)
+    drain(predict(cfg))
+    forward = InkDetector.forward
+    calls: list[int] = []
+
+    def fits_two(self, x):
+        calls.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB (test)")
+        return forward(self, x)
+
+    monkeypatch.setattr(InkDetector, "forward", fits_two)
+    events = _events(cfg.with_(out=str(tmp_path / "oom.zarr")))
+    halved = [e.new_batch for e in events if isinstance(e, PredictBatchHalved)]
+    assert halved == [2]  # one report: 8 and 4 did not fit, 2 did
+    assert calls[:2] == [8, 4] and max(calls[2:]) == 2  # every later batch goes in twos
+    np.testing.assert_array_equal(_prob(tmp_path / "oom.zarr"), _prob(tmp_path / "ref.zarr"))
+
+    def fits_none(self, x):
+        raise RuntimeError("CUDA out of memory (test)")
+
+    monkeypatch.setattr(InkDetector, "forward", fits_none)
+    with pytest.raises(InkDetectError, match="out of memory on cpu even with one window") as err:
+        drain(predict(cfg.with_(out=str(tmp_path / "none.zarr"))))
+    assert "\n" not in str(err.value)

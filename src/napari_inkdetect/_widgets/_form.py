@@ -1,23 +1,28 @@
-"""Small form builders the docks share (one place for how a spin box or a combo is set up)."""
+"""Small form builders the docks share (one place for how a spin box, a combo, a browse
+button, a status line or the Advanced section is set up)."""
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox
+from collections.abc import Iterable
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLayout,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+from superqt import QCollapsible
 
 
 def spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
     """An integer spin box in ``lo..hi``."""
     box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
-def double_spin(lo: float, hi: float, value: float, step: float, decimals: int) -> QDoubleSpinBox:
-    """A float spin box in ``lo..hi`` showing ``decimals`` digits."""
-    box = QDoubleSpinBox()
-    box.setDecimals(decimals)
     box.setRange(lo, hi)
     box.setSingleStep(step)
     box.setValue(value)
@@ -31,6 +36,65 @@ def combo(items: list[str] | tuple[str, ...], current: str | None = None) -> QCo
     if current is not None:
         box.setCurrentText(current)
     return box
+
+
+def hbox(*widgets: QWidget, grow: tuple[QWidget, ...] | None = None) -> QHBoxLayout:
+    """A row of ``widgets``; those in ``grow`` (default: the first) share the spare width."""
+    grow = widgets[:1] if grow is None else grow
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget, 1 if any(widget is g for g in grow) else 0)
+    return row
+
+
+def add_rows(form: QFormLayout, rows: Iterable[tuple[str, QWidget | QLayout]]) -> None:
+    """``form.addRow(label, field)`` for each row."""
+    for label, field in rows:
+        form.addRow(label, field)
+
+
+def browse_button(tooltip: str) -> QPushButton:
+    """The narrow "..." button beside a path field."""
+    button = QPushButton("...")
+    button.setToolTip(tooltip)
+    button.setMaximumWidth(30)
+    return button
+
+
+def text_label(text: str = "") -> QLabel:
+    """A word-wrapped label whose text can be selected (and copied): status lines, paths."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+def progress_bar(text_format: str | None = None) -> QProgressBar:
+    """An empty progress bar (0 of 1), its text ``text_format`` (e.g. ``"%v / %m steps"``)."""
+    bar = QProgressBar()
+    bar.setRange(0, 1)
+    bar.setValue(0)
+    if text_format is not None:
+        bar.setFormat(text_format)
+    return bar
+
+
+def advanced_section(tooltip: str) -> tuple[QCollapsible, QFormLayout]:
+    """A collapsed "Advanced" section (its toggle's tooltip says what is inside) and the form
+    to fill."""
+    return collapsed_section("Advanced", tooltip)
+
+
+def collapsed_section(title: str, tooltip: str) -> tuple[QCollapsible, QFormLayout]:
+    """A collapsed section titled ``title`` (its toggle's tooltip says what is inside) and
+    the form to fill: the Advanced section, and the sub-sections inside it."""
+    section = QCollapsible(title)
+    section.findChild(QPushButton).setToolTip(tooltip)  # its toggle, the only button yet
+    inner = QWidget()
+    form = QFormLayout(inner)
+    form.setContentsMargins(0, 0, 0, 0)
+    section.addWidget(inner)
+    return section, form
 
 
 def fill_names(box: QComboBox, names: list[str], preferred: list[str]) -> None:

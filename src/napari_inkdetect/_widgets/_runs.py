@@ -1,9 +1,12 @@
-"""What the docks share about runs: stoppable workers, a stall meter and per-viewer state.
+"""What the docks share about runs: one run controller, stoppable workers, a stall meter and
+per-viewer state.
 
-``StoppableWorker.quit()`` sets the run's stop event, because napari calls ``quit()`` on running
-workers when its window closes and a plain quit only abandons the generator at its next yield
-(the engine would keep going). ``StallMeter`` measures how long the Qt event loop was blocked.
-``session(viewer)`` carries the last finetuned checkpoint from the Finetune to the Predict dock.
+:class:`RunController` owns a run from start to cleanup, the same way in every dock (training,
+prediction, export, the ink-depth estimate). ``StoppableWorker.quit()`` sets the run's stop
+event, because napari calls ``quit()`` on running workers when its window closes and a plain
+quit only abandons the generator at its next yield (the engine would keep going).
+``StallMeter`` measures how long the Qt event loop was blocked. ``session(viewer)`` carries the
+last finetuned checkpoint from the Finetune to the Predict dock.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,12 @@ import numpy as np
 from napari.qt.threading import GeneratorWorker, create_worker
 from psygnal import Signal
 from qtpy.QtCore import QObject, QThreadPool, QTimer
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
+
+from napari_inkdetect._widgets._common import show_error
+from napari_inkdetect.errors import InkDetectError
+
+STOPPING = "Stopping..."
 
 
 def make_room_in_thread_pool(spare: int = 3) -> None:
@@ -123,6 +133,169 @@ class StallMeter(QObject):
         self.lates.append(late)
         self.ticks += 1
         self._last = now
+
+
+def error_message(exc: BaseException, as_is: tuple[type[BaseException], ...]) -> str:
+    """A worker's error for the user: the message of ``as_is`` errors (ours: one line with
+    the fix), anything else named by its type."""
+    return str(exc) if isinstance(exc, as_is) else f"{type(exc).__name__}: {exc}"
+
+
+class RunController(QObject):
+    """One background run at a time, from start to cleanup, the same way in every dock.
+
+    ``start(function, *args)`` runs the generator ``function(*args, stop)`` in a
+    :class:`StoppableWorker`. On the GUI thread, each yielded event goes to ``on_event`` (a
+    callable, or a mapping from event type to handler; other types are ignored) and the
+    generator's return value to ``on_returned``. An error becomes a napari notification and
+    ``Error: ...`` in ``status``. ``stop()`` sets the run's stop event: the engine ends after
+    its current step and returns. However the worker ends (returned, errored, stopped), the
+    state is cleared, ``button`` reads its idle text again and ``on_done()`` runs.
+
+    ``button`` (its text when the controller is made is the idle text) reads ``busy_text``
+    during a run: a Stop button if ``stoppable`` (``Stopping...`` and disabled once clicked),
+    else disabled. ``progress`` starts each run at 0 of ``total``. The parent's destruction
+    (or :meth:`shutdown`) stops the run and drops whatever its worker still sends, so
+    nothing touches deleted widgets. Every run measures the GUI's longest stall
+    (``last_stall_ms``).
+    """
+
+    def __init__(
+        self,
+        on_event: Callable[[Any], None] | Mapping[type, Callable[[Any], None]] | None = None,
+        *,
+        on_returned: Callable[[Any], None] | None = None,
+        on_done: Callable[[], None] | None = None,
+        button: QPushButton | None = None,
+        busy_text: str = "Stop",
+        stoppable: bool = True,
+        status: QLabel | None = None,
+        progress: QProgressBar | None = None,
+        as_is: tuple[type[BaseException], ...] = (InkDetectError,),
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.on_event, self.on_returned, self.on_done = on_event, on_returned, on_done
+        self.button, self.status, self.progress = button, status, progress
+        self.idle_text = button.text() if button is not None else ""
+        self.busy_text, self.stoppable, self.as_is = busy_text, stoppable, as_is
+        self.worker: StoppableWorker | None = None
+        self.error: str | None = None
+        self.stall = StallMeter(parent=self)
+        self.last_stall_ms: float | None = None
+        # plain state: the parent's ``destroyed`` handler must work once the Qt objects are gone
+        self._state = RunState()
+        if parent is not None:
+            parent.destroyed.connect(self._state.on_destroyed)
+
+    @property
+    def running(self) -> bool:
+        """Whether a run is in progress (its worker has not finished)."""
+        return self.worker is not None
+
+    @property
+    def alive(self) -> bool:
+        """False once the owner is gone: late events are dropped."""
+        return self._state.alive
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the running run was asked to stop."""
+        return self._state.stop is not None and self._state.stop.is_set()
+
+    def start(self, function: Callable[..., Any], *args: Any, total: int = 1) -> StoppableWorker:
+        """Run ``function(*args, stop)`` in a worker; raises if a run is going on."""
+        if self.running:
+            raise InkDetectError("a run is already going on: stop it first")
+        worker, self._state.stop = stoppable_worker(
+            function,
+            *args,
+            connect={
+                "yielded": self._on_yielded,
+                "returned": self._on_returned,
+                "errored": self._on_errored,
+                "finished": self._on_finished,
+            },
+        )
+        self.worker, self.error = worker, None
+        if self.button is not None:
+            self.button.setText(self.busy_text)
+            self.button.setEnabled(self.stoppable)
+        if self.progress is not None:
+            self.progress.setRange(0, total)
+            self.progress.setValue(0)
+        self.stall.start()
+        worker.start()
+        return worker
+
+    def stop(self, show: bool = True) -> None:
+        """Ask the engine to stop after its current step; ``show``: the button says so
+        (not for a run about to be replaced by the next one)."""
+        if self._state.stop is not None:
+            self._state.stop.set()
+        if show and self.running and self.button is not None:
+            self.button.setText(STOPPING)
+            self.button.setEnabled(False)
+
+    def shutdown(self) -> None:
+        """The owner is going away: stop, and ignore whatever the worker still sends."""
+        self._state.on_destroyed()
+
+    def _on_yielded(self, event: Any) -> None:
+        if not self._state.alive:
+            return
+        route = self.on_event
+        handler = route.get(type(event)) if isinstance(route, Mapping) else route
+        if handler is not None:
+            handler(event)
+
+    def _on_returned(self, value: Any) -> None:
+        if self._state.alive and self.on_returned is not None:
+            self.on_returned(value)
+
+    def _on_errored(self, exc: Exception) -> None:
+        if self._state.alive:
+            self.error = error_message(exc, self.as_is)
+            show_error(self.error, self.status)
+
+    def _on_finished(self) -> None:
+        self._state.stop = None
+        self.worker = None
+        self.last_stall_ms = self.stall.stop()
+        if not self._state.alive:
+            return
+        if self.button is not None:
+            self.button.setText(self.idle_text)
+            self.button.setEnabled(True)
+        if self.on_done is not None:
+            self.on_done()
+
+
+class RunOwner:
+    """Mixed into whatever owns a :class:`RunController` as ``self.run`` (a dock, a runner):
+    the run's state under the names its callers (and the tests) use."""
+
+    run: RunController
+
+    @property
+    def running(self) -> bool:
+        """Whether a run is in progress (its worker has not finished)."""
+        return self.run.running
+
+    @property
+    def worker(self) -> StoppableWorker | None:
+        """The running run's worker (``None`` between runs)."""
+        return self.run.worker
+
+    @property
+    def stall(self) -> StallMeter:
+        """The GUI stall meter of the runs."""
+        return self.run.stall
+
+    @property
+    def last_stall_ms(self) -> float | None:
+        """The longest GUI stall of the last run (ms)."""
+        return self.run.last_stall_ms
 
 
 class Throttle(QObject):

@@ -48,6 +48,8 @@ def control_value(widget: QWidget) -> str:
         return widget.currentText()
     if isinstance(widget, QLineEdit):
         return widget.text()
+    if isinstance(widget, QDoubleSpinBox) and widget.decimals() == 0:  # a generated int field
+        return str(round(widget.value()))
     if isinstance(widget, QSpinBox | QDoubleSpinBox):
         return repr(widget.value())
     raise TypeError(f"cannot keep the value of a {type(widget).__name__}")

@@ -1,8 +1,19 @@
 """Export dock: a prediction's images per start layer, max projection and depth-sweep GIF/MP4.
 
 Thin by design: the dock maps widget values to an :class:`~napari_inkdetect.export.ExportConfig`
-and runs :func:`~napari_inkdetect.export.export` in a napari ``thread_worker``, turning its
-events into progress on the GUI thread. Export becomes Stop while a run goes on.
+and runs :func:`~napari_inkdetect.export.export` under a
+:class:`~napari_inkdetect._widgets._runs.RunController`, turning its events into progress on the
+GUI thread. Export becomes Stop while a run goes on.
+
+Every control that edits one ``ExportConfig`` field is made from the field's declaration
+(:mod:`~napari_inkdetect._widgets.config_form`): max projection, GIF, MP4, frames per second
+and frame size in the form; ink opacity, threshold, underlay, caption and the segment in
+Advanced, where a field added to the config appears by itself. The documented exceptions,
+hand-built:
+
+* :data:`HAND_BUILT`: the output folder (``out_dir``: proposed beside the prediction, with a
+  browse button) and the PNG and TIFF boxes (``images``: the formats ticked);
+* :data:`NOT_IN_FORM`: the prediction layer chosen (``prediction``).
 """
 
 from __future__ import annotations
@@ -12,27 +23,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
-from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
-    QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_inkdetect._napari_layers import PREDICTION, PREDICTION_KEY, layer_role
+from napari_inkdetect._widgets._common import show_error, unwrap_viewer
+from napari_inkdetect._widgets._form import (
+    add_rows,
+    advanced_section,
+    browse_button,
+    hbox,
+    progress_bar,
+    text_label,
+)
 from napari_inkdetect._widgets._layout import make_scrollable
-from napari_inkdetect._widgets._runs import RunState, StoppableWorker, stoppable_worker
+from napari_inkdetect._widgets._runs import RunController, RunOwner, StoppableWorker
 from napari_inkdetect._widgets._settings import DockSettings
+from napari_inkdetect._widgets.config_form import ConfigForm, form_fields
 from napari_inkdetect.errors import ConfigError, InkDetectError
 from napari_inkdetect.export import MP4_HINT, ExportConfig, FileWritten, FrameRendered, export
 
@@ -41,13 +56,29 @@ if TYPE_CHECKING:
 
 IDLE_TEXT = "Choose a prediction and what to write, then press Export."
 
+#: Config fields set from something other than a control of their own, and from what.
+NOT_IN_FORM: dict[str, str] = {"prediction": "the prediction layer chosen above (its zarr)"}
+#: Config fields edited by a hand-built control, and why it is not the generated one.
+HAND_BUILT: dict[str, str] = {
+    "out_dir": "a folder proposed beside the prediction, with a browse button",
+    "images": "a PNG and a TIFF box: the formats ticked",
+}
+#: Generated fields of the main form: the max projection, then the depth sweep's row.
+IMAGE_FIELDS = ("max_projection",)
+SWEEP_FIELDS = ("gif", "mp4", "fps", "max_side")
+FIELD_SETTINGS: dict[str, dict[str, Any]] = {
+    "max_side": {"none_text": "full size"},
+    "threshold": {"none_text": "none"},
+    "segment": {"none_text": "the one the prediction records"},
+}
+NOT_KEPT = ("segment",)  # another prediction's segment is not this one's
 
-def _spin(lo: int, hi: int, value: int, suffix: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setValue(value)
-    box.setSuffix(suffix)
-    return box
+
+def advanced_fields() -> list[str]:
+    """Every form field of ``ExportConfig`` not in the main form or set otherwise, in
+    declaration order (a new config field included)."""
+    shown = {*IMAGE_FIELDS, *SWEEP_FIELDS, *NOT_IN_FORM, *HAND_BUILT}
+    return [n for n in form_fields(ExportConfig) if n not in shown]
 
 
 def _prediction_path(layer: Any) -> str | None:
@@ -67,20 +98,32 @@ def _arrived(event: Any) -> Any:
     return getattr(event, "source", None) if kind == "metadata" else None
 
 
-class ExportWidget(QWidget):
-    """Write a prediction layer's files: PNG/TIFF per start layer, max projection, GIF/MP4."""
+class ExportWidget(RunOwner, QWidget):
+    """Write a prediction layer's files: PNG/TIFF per start layer, max projection, GIF/MP4.
+
+    ``build_config()`` maps the widgets to an ``ExportConfig``; ``config_fields()`` names
+    the widget of each field it shows.
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        # napari hands plugins a PublicOnlyProxy whose layers are new proxies on every access;
-        # the docks compare layers by identity, so they keep the viewer itself
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
-        self.worker: StoppableWorker | None = None
+        self.viewer = unwrap_viewer(napari_viewer)
         self.written: list[Path] = []
-        self._state = RunState()
         self._auto_folder = ""
         self._added: list[str] = []  # prediction zarrs in the order their layers arrived
+        self.fields = ConfigForm(
+            ExportConfig, [*IMAGE_FIELDS, *SWEEP_FIELDS, *advanced_fields()], FIELD_SETTINGS
+        )
         self._build()
+        self.run = RunController(
+            self._on_event,
+            on_returned=self._on_returned,
+            button=self.export_button,
+            status=self.status_label,
+            progress=self.progress,
+            as_is=(InkDetectError, OSError),  # a folder we cannot write says so itself
+            parent=self,
+        )
         self.settings = DockSettings(self, "export", self._kept_controls())
         layers = self.viewer.layers.events
         layers.inserted.connect(self._on_layers_changed)
@@ -88,7 +131,6 @@ class ExportWidget(QWidget):
         for layer in self.viewer.layers:
             layer.events.metadata.connect(self._on_layers_changed)
         self._on_layers_changed()
-        self.destroyed.connect(self._state.on_destroyed)
         make_scrollable(self)  # last: a short dock whatever the form's height
 
     # ------------------------------------------------------------------ layout
@@ -99,53 +141,43 @@ class ExportWidget(QWidget):
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("output folder")
         self.folder_edit.setToolTip("where the files go (proposed: <prediction>_export beside it)")
-        self.browse_button = QPushButton("...")
-        self.browse_button.setToolTip("choose the output folder")
-        self.browse_button.setMaximumWidth(30)
-        folder = QHBoxLayout()
-        folder.addWidget(self.folder_edit, 1)
-        folder.addWidget(self.browse_button)
+        self.browse_button = browse_button("choose the output folder")
         self.png_check = QCheckBox("PNG")
         self.png_check.setToolTip("one 8-bit PNG per window (0..255: probability 0..1)")
         self.png_check.setChecked(True)
         self.tif_check = QCheckBox("TIFF")
         self.tif_check.setToolTip("in the stored dtype (float for float16 predictions)")
-        self.max_check = QCheckBox("max projection")
-        self.max_check.setToolTip("also the maximum over all windows, in the image formats chosen")
-        self.max_check.setChecked(True)
-        images = QHBoxLayout()
-        for box in (self.png_check, self.tif_check, self.max_check):
-            images.addWidget(box)
-        self.gif_check = QCheckBox("GIF")
-        self.gif_check.setToolTip("an animated GIF sweeping through the windows over the volume")
-        self.gif_check.setChecked(True)
-        self.mp4_check = QCheckBox("MP4")
-        self.mp4_check.setToolTip("an MP4 of the same depth sweep")
+        self.max_check = self.fields["max_projection"].native
+        self.gif_check = self.fields["gif"].native
+        self.mp4_check = self.fields["mp4"].native
         if importlib.util.find_spec("imageio_ffmpeg") is None:
             self.mp4_check.setEnabled(False)
             self.mp4_check.setToolTip(MP4_HINT)
-        self.fps_spin = _spin(1, 60, 4, " fps")
-        self.fps_spin.setToolTip("frames per second of the sweep (one frame per window)")
-        self.size_spin = _spin(64, 16384, 1024, " px")
-        self.size_spin.setToolTip("largest side of the sweep's frames (block-averaged)")
-        sweep = QHBoxLayout()
-        for widget in (self.gif_check, self.mp4_check, self.fps_spin, self.size_spin):
-            sweep.addWidget(widget)
+        self.fps_spin = self.fields["fps"].native
+        self.size_spin = self.fields["max_side"].native
+        images = (self.png_check, self.tif_check, self.max_check)
+        sweep = (self.gif_check, self.mp4_check, self.fps_spin, self.size_spin)
         form = QFormLayout()
-        form.addRow("Prediction", self.prediction_combo)
-        form.addRow("Folder", folder)
-        form.addRow("Start layers", images)
-        form.addRow("Depth sweep", sweep)
+        add_rows(
+            form,
+            (
+                ("Prediction", self.prediction_combo),
+                ("Folder", hbox(self.folder_edit, self.browse_button)),
+                ("Start layers", hbox(*images, grow=())),
+                ("Depth sweep", hbox(*sweep, grow=())),
+            ),
+        )
         self.export_button = QPushButton("Export")
         self.export_button.setToolTip("write the files in the background; Stop keeps those done")
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status_label = QLabel(IDLE_TEXT)
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.progress = progress_bar()
+        self.status_label = text_label(IDLE_TEXT)
+        self.advanced, advanced = advanced_section(
+            "ink opacity and threshold, the volume under the ink, the caption, a moved segment"
+        )
+        self.fields.add_rows(advanced, advanced_fields())
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.advanced)
         layout.addWidget(self.export_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status_label)
@@ -156,9 +188,19 @@ class ExportWidget(QWidget):
         self.browse_button.clicked.connect(self._choose_folder)
         self.export_button.clicked.connect(self._on_export_clicked)
 
-    def _kept_controls(self) -> dict[str, QWidget]:
-        """What the dock remembers between sessions (the folder follows the prediction)."""
+    def config_fields(self) -> dict[str, Any]:
+        """Config field -> the widget that edits it (``images``: the PNG and TIFF boxes);
+        the prediction is in :data:`NOT_IN_FORM`."""
         return {
+            **self.fields.widgets,
+            "out_dir": self.folder_edit,
+            "images": (self.png_check, self.tif_check),
+        }
+
+    def _kept_controls(self) -> dict[str, QWidget]:
+        """What the dock remembers between sessions (the folder follows the prediction, and
+        so does the segment); the generated Advanced fields by their field names."""
+        named = {
             "png": self.png_check,
             "tiff": self.tif_check,
             "max_projection": self.max_check,
@@ -167,6 +209,11 @@ class ExportWidget(QWidget):
             "fps": self.fps_spin,
             "frame_size": self.size_spin,
         }
+        kept = set(named.values())
+        more = {
+            n: w for n, w in self.fields.widgets.items() if w not in kept and n not in NOT_KEPT
+        }
+        return {**named, **more}
 
     # ------------------------------------------------------------------ widget state
 
@@ -231,23 +278,17 @@ class ExportWidget(QWidget):
         images = [
             f for f, box in (("png", self.png_check), ("tif", self.tif_check)) if box.isChecked()
         ]
+        values = self.fields.values()
+        values["max_projection"] &= self.max_check.isEnabled()  # no image format: none
+        values["mp4"] &= self.mp4_check.isEnabled()  # no ffmpeg here
         return ExportConfig(
             prediction=str(self.prediction),
             out_dir=str(Path(folder).expanduser()),
             images=tuple(images),
-            max_projection=self.max_check.isChecked() and self.max_check.isEnabled(),
-            gif=self.gif_check.isChecked(),
-            mp4=self.mp4_check.isChecked() and self.mp4_check.isEnabled(),
-            fps=self.fps_spin.value(),
-            max_side=self.size_spin.value(),
+            **values,
         )
 
     # ------------------------------------------------------------------ run control
-
-    @property
-    def running(self) -> bool:
-        """Whether an export is in progress (its worker has not finished)."""
-        return self.worker is not None
 
     def _on_export_clicked(self) -> None:
         if self.running:
@@ -262,43 +303,19 @@ class ExportWidget(QWidget):
         try:
             config = self.build_config()
         except InkDetectError as exc:
-            self._show_error(str(exc))
+            show_error(str(exc), self.status_label)
             return None
-        worker, self._state.stop = stoppable_worker(
-            export,
-            config,
-            connect={
-                "yielded": self._on_event,
-                "returned": self._on_returned,
-                "errored": self._on_errored,
-                "finished": self._on_finished,
-            },
-        )
-        self.worker, self.written = worker, []
-        self.export_button.setText("Stop")
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        self.written = []
         self.status_label.setText(f"Exporting {Path(config.prediction).name}...")
-        worker.start()
-        return worker
+        return self.run.start(export, config)
 
     def stop(self) -> None:
         """Stop after the current frame or image format (finished files stay)."""
-        if self._state.stop is not None:
-            self._state.stop.set()
-        if self.running:
-            self.export_button.setText("Stopping...")
-            self.export_button.setEnabled(False)
-
-    def _show_error(self, message: str) -> None:
-        self.status_label.setText(f"Error: {message}")
-        show_error(message)
+        self.run.stop()
 
     # ------------------------------------------------------------------ events (GUI thread)
 
     def _on_event(self, event: FrameRendered | FileWritten) -> None:
-        if not self._state.alive:
-            return
         self.progress.setRange(0, event.total)
         self.progress.setValue(event.done)
         if isinstance(event, FrameRendered):
@@ -308,28 +325,9 @@ class ExportWidget(QWidget):
 
     def _on_returned(self, written: list[Path]) -> None:
         self.written = list(written)
-        if not self._state.alive:
-            return
-        stopped = self._state.stop is not None and self._state.stop.is_set()
+        stopped = self.run.stop_requested
         folder = written[0].parent if written else self.folder_edit.text()
         how = "Stopped: wrote" if stopped else "Wrote"
         self.status_label.setText(f"{how} {len(written)} files to {folder}")
         if not stopped:
             self.progress.setValue(self.progress.maximum())
-
-    def _on_errored(self, exc: Exception) -> None:
-        """Our errors are one-line messages for the user; anything else names its type."""
-        if self._state.alive:
-            message = (
-                str(exc)
-                if isinstance(exc, InkDetectError | OSError)
-                else f"{type(exc).__name__}: {exc}"
-            )
-            self._show_error(message)
-
-    def _on_finished(self) -> None:
-        self._state.stop = None
-        self.worker = None
-        if self._state.alive:
-            self.export_button.setText("Export")
-            self.export_button.setEnabled(True)

@@ -2,8 +2,9 @@
 
 Thin by design: file semantics live in ``io.labels`` / ``io.segment`` and the npe2 writer; the
 dock only aligns layers, binds keys, shows counts and turns our errors into notifications.
-Dense boxes are a Shapes layer of rectangles tied to one labels layer; filling turns the
-rectangles into label-pixel boxes and leaves the maths to ``io.labels.apply_dense_boxes``.
+Dense boxes are a Shapes layer of rectangles tied to one labels layer (:mod:`.dense_boxes`);
+filling turns the rectangles into label-pixel boxes and leaves the maths to
+``io.labels.apply_dense_boxes``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_inkdetect._napari_layers import (
-    DENSE_BOXES,
     MASK,
     ROLE_KEY,
+    SEGMENT_KEY,
     TRAIN,
     TRUTH,
     VALIDATION,
@@ -39,15 +40,16 @@ from napari_inkdetect._napari_layers import (
     labels_role_from_name,
     layer_role,
 )
+from napari_inkdetect._widgets._common import unwrap_viewer
 from napari_inkdetect._widgets._form import spin
 from napari_inkdetect._widgets._layout import make_scrollable
 from napari_inkdetect._widgets._settings import DockSettings
+from napari_inkdetect._widgets.dense_boxes import add_dense_boxes, dense_box_layers, dense_boxes
 from napari_inkdetect._writer import write_labels_layer
-from napari_inkdetect.errors import InkDetectError, LabelsError
+from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.io.labels import (
     INK,
     NOT_INK,
-    Box,
     VillaPaths,
     apply_dense_boxes,
     label_counts,
@@ -61,9 +63,6 @@ if TYPE_CHECKING:
 
 COUNTS_DELAY_MS = 300  # a bincount over a 13k x 17k layer takes ~0.3 s: run it once painting stops
 BRUSH_SIZE = 20  # data px: about one crackle stroke wide, small enough for letter edges
-SEGMENT_KEY = "inkdetect_segment"
-LABELS_KEY = "inkdetect_labels"  # Shapes metadata: the name of the labels layer it fills
-BOX_EDGE_WIDTH = 4  # data px: visible over a whole segment, thin enough to aim a corner
 HELP = (
     "Keys on a labels layer: <b>I</b> ink (red), <b>N</b> not ink (cyan), "
     "<b>E</b> eraser, <b>[</b> / <b>]</b> brush size.<br>"
@@ -106,9 +105,7 @@ class CrackleLabelsWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
-        # napari hands plugins a PublicOnlyProxy whose layers are new proxies on every access;
-        # the docks compare layers by identity, so they keep the viewer itself
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.viewer = unwrap_viewer(napari_viewer)
         self._counted: Labels | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -317,7 +314,7 @@ class CrackleLabelsWidget(QWidget):
             show_error("No labels layer for dense boxes: make or load one first")
             return None
         found = dense_box_layers(self.viewer, layer)
-        shapes = found[-1] if found else self._add_dense_boxes(layer)
+        shapes = found[-1] if found else add_dense_boxes(self.viewer, layer)
         self.viewer.layers.selection.active = shapes
         shapes.mode = "add_rectangle"
         return shapes
@@ -329,7 +326,7 @@ class CrackleLabelsWidget(QWidget):
             show_error("No paintable labels layer to fill: make or load one first")
             return None
         try:
-            boxes = _dense_boxes(self.viewer, layer)
+            boxes = dense_boxes(self.viewer, layer)
             old = np.asarray(layer.data)
             new = apply_dense_boxes(old, boxes, _segment_mask(layer))
         except (InkDetectError, OSError) as err:
@@ -341,20 +338,6 @@ class CrackleLabelsWidget(QWidget):
         n = int(changed[0].size)
         show_info(f"Dense boxes: {n:,} px of '{layer.name}' became not ink")
         return n
-
-    def _add_dense_boxes(self, layer: Labels) -> Shapes:
-        return self.viewer.add_shapes(
-            None,
-            ndim=2,
-            shape_type="rectangle",
-            edge_color="cyan",
-            face_color="transparent",
-            edge_width=BOX_EDGE_WIDTH,
-            name=f"{layer.name} dense boxes",
-            scale=layer.scale,
-            translate=layer.translate,
-            metadata={ROLE_KEY: DENSE_BOXES, LABELS_KEY: layer.name},
-        )
 
     def _require_volume(self) -> Image | None:
         if self.volume is None:
@@ -418,45 +401,6 @@ def _index_of(combo: QComboBox, layer: Any) -> int:
 
 def _paint_events(layer: Labels) -> list:
     return [layer.events.paint, layer.events.data, layer.events.labels_update]
-
-
-def dense_box_layers(viewer: napari.viewer.Viewer, labels: Labels) -> list[Shapes]:
-    """The dense-boxes Shapes layers made for this labels layer."""
-    return [
-        ly
-        for ly in viewer.layers
-        if isinstance(ly, Shapes)
-        and ly.metadata.get(ROLE_KEY) == DENSE_BOXES
-        and ly.metadata.get(LABELS_KEY) == labels.name
-    ]
-
-
-def rectangle_boxes(shapes: Shapes, labels: Labels) -> list[Box]:
-    """Rectangles as ``(y0, y1, x0, x1)`` label-pixel boxes: the pixels whose centres they cover.
-
-    Vertices go shapes data -> world -> labels data, so the layers' scale and translate may
-    differ; only the last two axes count (a rectangle drawn on a 3-D layer covers the plane).
-    """
-    boxes = []
-    for i, (kind, vertices) in enumerate(zip(shapes.shape_type, shapes.data, strict=True)):
-        if kind != "rectangle":
-            raise LabelsError(
-                f"'{shapes.name}' shape {i + 1} is a {kind}: dense boxes must be rectangles"
-            )
-        points = np.array([labels.world_to_data(shapes.data_to_world(v)) for v in vertices])
-        lo = np.ceil(points[:, -2:].min(axis=0) - 1e-6).astype(int)
-        hi = np.floor(points[:, -2:].max(axis=0) + 1e-6).astype(int) + 1
-        boxes.append((int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])))
-    return boxes
-
-
-def _dense_boxes(viewer: napari.viewer.Viewer, labels: Labels) -> list[Box]:
-    boxes = [b for s in dense_box_layers(viewer, labels) for b in rectangle_boxes(s, labels)]
-    if not boxes:
-        raise LabelsError(
-            f"No dense boxes for '{labels.name}': press 'New dense boxes' and draw rectangles"
-        )
-    return boxes
 
 
 def _segment_mask(layer: Labels) -> np.ndarray | None:

@@ -3,7 +3,8 @@
 Shared by the Predict dock (one-shot and follow-the-view runs) and the Finetune dock (live
 preview while training). The engine writes every finished chunk to its zarr before yielding
 ``ChunkDone``; the overlay layers read that zarr, so showing new chunks is a throttled
-``layer.refresh()`` on the GUI thread and nothing is lost when napari closes.
+``layer.refresh()`` on the GUI thread and nothing is lost when napari closes. The run itself
+(stop, errors, cleanup) is a :class:`~napari_inkdetect._widgets._runs.RunController`'s.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QTimer
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
 from napari_inkdetect._napari_layers import (
     INK_COLORMAP,
@@ -25,15 +26,9 @@ from napari_inkdetect._napari_layers import (
     ROLE_KEY,
     prediction_layers,
 )
-from napari_inkdetect._widgets._runs import (
-    RunState,
-    StallMeter,
-    StoppableWorker,
-    stoppable_worker,
-)
+from napari_inkdetect._widgets._runs import RunController, RunOwner, StoppableWorker
 from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.inference import (
-    LEVELS_ABOVE,
     BatchDone,
     ChunkDone,
     PredictConfig,
@@ -41,7 +36,8 @@ from napari_inkdetect.inference import (
     PredictStarted,
     predict,
 )
-from napari_inkdetect.windows import window_centre
+from napari_inkdetect.io.prediction_store import LEVELS_ABOVE
+from napari_inkdetect.postprocess import ProfileAccumulator
 
 REFRESH_MS = 250  # at most 4 refreshes a second: each re-reads the visible plane from disk
 EventSource = Callable[[PredictConfig, threading.Event], Iterator[Any]]
@@ -94,35 +90,7 @@ def canvas_size(viewer: Any) -> tuple[int, int]:
     return tuple(size) if size is not None and min(size) > 0 else (600, 800)
 
 
-class ProfileAccumulator:
-    """Mean ink probability per window over the papyrus of the chunks seen so far; the
-    windows are named by ``start_layers`` and, as the depth slider shows them, by
-    ``centre_layers`` (``start + window_length // 2``).
-
-    Pixels where every start layer is 0 are off the mask (the engine writes 0 there).
-    """
-
-    def __init__(self, start_layers: tuple[int, ...], scale: float, window_length: int) -> None:
-        self.start_layers = tuple(start_layers)
-        self.centre_layers = tuple(window_centre(s, window_length) for s in self.start_layers)
-        self.sums = np.zeros(len(start_layers))
-        self.count = 0
-        self.scale = scale
-
-    def add(self, array: np.ndarray) -> None:
-        """Add one chunk ``(n_start, h, w)``."""
-        flat = array.reshape(array.shape[0], -1)
-        inside = flat.any(axis=0)
-        self.sums += flat[:, inside].sum(axis=1, dtype=np.float64)
-        self.count += int(inside.sum())
-
-    @property
-    def means(self) -> np.ndarray:
-        """Mean probability (0..1) per start layer."""
-        return self.sums / max(self.count, 1) / self.scale
-
-
-class PredictionRunner(QObject):
+class PredictionRunner(RunOwner, QObject):
     """One background prediction at a time, drawn into overlay layers as chunks land.
 
     ``start(config, volume)`` runs ``source`` (the engine's ``predict`` or a cluster driver)
@@ -130,7 +98,8 @@ class PredictionRunner(QObject):
     stay on disk). ``on_event`` sees every engine event on the GUI thread; ``on_done`` is
     called once the worker has finished, with the ``PredictFinished`` event or ``None``.
     The layers' role (metadata) is ``role``: by default ``preview`` for the one-plane
-    (``two_d``) training preview, else ``prediction`` (what Export offers).
+    (``two_d``) training preview, else ``prediction`` (what Export offers). ``button``,
+    ``status`` and ``progress`` are the owning dock's, for its :class:`RunController`.
     """
 
     def __init__(
@@ -141,20 +110,26 @@ class PredictionRunner(QObject):
         two_d: bool = False,
         parent: QObject | None = None,
         role: str | None = None,
+        button: QPushButton | None = None,
+        status: QLabel | None = None,
+        progress: QProgressBar | None = None,
     ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.on_event, self.on_done = on_event, on_done
         self.two_d = two_d
         self.role = role or (PREVIEW if two_d else PREDICTION)
-        self.worker: StoppableWorker | None = None
+        self.run = RunController(
+            self._on_event,
+            on_done=self._on_finished,
+            button=button,
+            status=status,
+            progress=progress,
+            parent=self,
+        )
         self.layers: list[Any] = []
         self.profile: ProfileAccumulator | None = None
         self.finished: PredictFinished | None = None
-        self.error: str | None = None
-        self.stall = StallMeter(parent=self)
-        self.last_stall_ms: float | None = None
-        self._state = RunState()
         self._volume: Image | None = None
         self._name: str | None = None
         self._refresh_pending = False
@@ -167,8 +142,9 @@ class PredictionRunner(QObject):
         self._timer.timeout.connect(self.refresh)
 
     @property
-    def running(self) -> bool:
-        return self.worker is not None
+    def error(self) -> str | None:
+        """The last run's error as shown to the user (``None``: it had none)."""
+        return self.run.error
 
     def start(
         self,
@@ -181,32 +157,18 @@ class PredictionRunner(QObject):
         if self.running:
             raise InkDetectError("a prediction is already running: stop it first")
         self._volume, self._name = volume, name
-        self.finished, self.error, self.profile = None, None, None
+        self.finished, self.profile = None, None
         if not self.two_d and not _multiscale_output(config, volume):
             self.prepare(volume, name)  # the click pays for the layer, not the stream
-        worker, self._state.stop = stoppable_worker(
-            relay,
-            source,
-            config,
-            connect={
-                "yielded": self._on_event,
-                "errored": self._on_errored,
-                "finished": self._on_finished,
-            },
-        )
-        self.worker = worker
-        self.stall.start()
-        worker.start()
-        return worker
+        return self.run.start(relay, source, config)
 
-    def stop(self) -> None:
-        """Ask the engine to stop after its current batch."""
-        if self._state.stop is not None:
-            self._state.stop.set()
+    def stop(self, show: bool = True) -> None:
+        """Ask the engine to stop after its current batch (``show``: on the button)."""
+        self.run.stop(show)
 
     def shutdown(self) -> None:
         """The owner is going away: stop, and ignore whatever the worker still yields."""
-        self._state.on_destroyed()
+        self.run.shutdown()
 
     # ------------------------------------------------------------------ layers
 
@@ -310,8 +272,6 @@ class PredictionRunner(QObject):
     # ------------------------------------------------------------------ events (GUI thread)
 
     def _on_event(self, event: Any) -> None:
-        if not self._state.alive:
-            return
         if isinstance(event, PredictStarted):
             self._show(event)
         elif isinstance(event, ChunkDone):
@@ -326,21 +286,11 @@ class PredictionRunner(QObject):
         ):
             self.on_event(event)
 
-    def _on_errored(self, exc: Exception) -> None:
-        if not self._state.alive:
-            return
-        ours = isinstance(exc, InkDetectError)
-        self.error = str(exc) if ours else f"{type(exc).__name__}: {exc}"
-        show_error(self.error)
-
     def _on_finished(self) -> None:
-        self._state.stop = None
-        self.worker = None
-        self.last_stall_ms = self.stall.stop()
-        if self._state.alive:
-            self.drop_placeholder()  # the run failed before its output existed
-            self._finish_pending()
-        if self._state.alive and self.on_done is not None:
+        """The worker is done (the controller drops this once the owner is gone)."""
+        self.drop_placeholder()  # the run failed before its output existed
+        self._finish_pending()
+        if self.on_done is not None:
             self.on_done(self.finished)
 
 

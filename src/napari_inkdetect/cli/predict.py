@@ -38,7 +38,13 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_inkdetect.export import ExportConfig, export
-    from napari_inkdetect.inference import BatchDone, ClusterReady, PredictStarted, predict
+    from napari_inkdetect.inference import (
+        BatchDone,
+        ClusterReady,
+        PredictBatchHalved,
+        PredictStarted,
+        predict,
+    )
 
     config = PredictConfig(**given(args, PredictConfig), chunk_events=False)
     if args.tta:  # --tta: both kinds of test-time augmentation
@@ -58,6 +64,8 @@ def _predict(args: argparse.Namespace) -> int:
             where = "local cluster" if event.local else "cluster"
             say(bar, args.quiet, f"{where} {event.address}, dashboard: "
                  f"{event.dashboard_link or '- (install bokeh)'}")  # fmt: skip
+        elif isinstance(event, PredictBatchHalved):  # said even when quiet: it is slower now
+            say(bar, False, f"out of device memory: {event.new_batch} windows per model call")
         elif isinstance(event, BatchDone) and bar is not None:
             bar.n = event.done
             bar.set_postfix(tiles_s=f"{event.tiles_per_s:.1f}")

@@ -24,6 +24,7 @@ _EXPORTS = {
     "BatchDone": "napari_inkdetect.inference.events",
     "ChunkDone": "napari_inkdetect.inference.events",
     "ClusterReady": "napari_inkdetect.inference.events",
+    "PredictBatchHalved": "napari_inkdetect.inference.events",
     "PredictConfig": "napari_inkdetect.inference.config",
     "PredictFinished": "napari_inkdetect.inference.events",
     "PredictJob": "napari_inkdetect.inference.job",

@@ -10,12 +10,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from napari_inkdetect.devices import is_out_of_memory
+from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.inference.job import PredictJob
 from napari_inkdetect.inference.pipeline import Batch
 from napari_inkdetect.io.prediction_store import encode
 from napari_inkdetect.window_tensors import to_volume_pixels
 
-__all__ = ["Blender", "forward"]
+__all__ = ["Blender", "forward", "forward_fitting"]
 
 
 def forward(job: PredictJob, batch: Batch) -> np.ndarray:
@@ -29,6 +31,38 @@ def forward(job: PredictJob, batch: Batch) -> np.ndarray:
                 [_undo(p, job.transforms[row[4]]) for p, row in zip(prob, batch.rows, strict=True)]
             )
         return to_volume_pixels(prob, job.spec).cpu().numpy()
+
+
+def forward_fitting(job: PredictJob, batch: Batch) -> tuple[np.ndarray, int | None]:
+    """:func:`forward` in calls of ``job.micro_batch`` windows, halving it on out of device
+    memory (as training halves its micro-batch) until the batch fits; returns the
+    probabilities and the new micro-batch when it was halved (else None). The result does not
+    depend on the split: every window goes through the model on its own row."""
+    n, halved = len(batch.rows), None
+    job.micro_batch = job.micro_batch or job.config.batch_size
+    while True:
+        size = min(job.micro_batch, n)
+        try:
+            parts = [forward(job, _rows(batch, i, i + size)) for i in range(0, n, size)]
+            return (parts[0] if len(parts) == 1 else np.concatenate(parts)), halved
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if size == 1:
+                raise InkDetectError(
+                    f"out of memory on {job.device} even with one window per model call: use "
+                    "a smaller model or tile, free the device, or predict on the CPU"
+                ) from None
+            if job.device.type == "cuda":
+                torch.cuda.empty_cache()
+            job.micro_batch = halved = max(1, size // 2)
+
+
+def _rows(batch: Batch, i: int, j: int) -> Batch:
+    """Windows ``i:j`` of a batch (all of it when they are all)."""
+    if i == 0 and j >= len(batch.rows):
+        return batch
+    return Batch(batch.inputs[i:j], batch.rows[i:j], [])
 
 
 def _undo(prob: torch.Tensor, transform: tuple[int, bool]) -> torch.Tensor:

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BatchDone", "ChunkDone", "ClusterReady", "PredictFinished", "PredictStarted"]
+__all__ = [
+    "BatchDone",
+    "ChunkDone",
+    "ClusterReady",
+    "PredictBatchHalved",
+    "PredictFinished",
+    "PredictStarted",
+]
 
 
 @dataclass(frozen=True)
@@ -79,3 +86,11 @@ class ClusterReady:
     devices: tuple[str, ...]
     dashboard_link: str | None
     local: bool
+
+
+@dataclass(frozen=True)
+class PredictBatchHalved:
+    """Out of device memory: the model now sees ``new_batch`` windows per call (the result is
+    the same; only slower). Yielded before the batch that needed it is reported."""
+
+    new_batch: int

@@ -61,6 +61,7 @@ class PredictJob:
     region_mask: np.ndarray | None  # (H, W) bool papyrus mask of the region; output 0 outside
     weight: np.ndarray  # (e, e) float32 blending weight
     transforms: tuple[tuple[int, bool], ...]  # TTA: (rot90 k, flip W)
+    micro_batch: int = 0  # windows per model call; halved on out of memory (0: batch_size)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_inkdetect.inference.blending import Blender, forward
+from napari_inkdetect.inference.blending import Blender, forward_fitting
 from napari_inkdetect.inference.config import PredictConfig
 from napari_inkdetect.inference.events import (
     BatchDone,
     ChunkDone,
+    PredictBatchHalved,
     PredictFinished,
     PredictStarted,
 )
@@ -72,7 +73,10 @@ def _run(job: PredictJob, stop: threading.Event) -> Generator[Any, None, Predict
         for batch in queued:
             if stop.is_set():
                 break
-            finished = blender.add(batch, forward(job, batch))
+            probs, halved = forward_fitting(job, batch)
+            if halved is not None:
+                yield PredictBatchHalved(halved)
+            finished = blender.add(batch, probs)
             for chunk, data in finished:  # on disk before any yield: a closed driver loses none
                 _write(job, root, chunk, data)
             done += len(batch.rows)
@@ -116,7 +120,7 @@ def predict_chunk(
     blender = Blender(job)
     result = None
     for batch in batches(job, [index], threading.Event()):
-        for _, data in blender.add(batch, forward(job, batch)):
+        for _, data in blender.add(batch, forward_fitting(job, batch)[0]):
             result = data
     if write:
         _write(job, reopen_store(Path(job.config.out), job.fingerprint()), index, result)

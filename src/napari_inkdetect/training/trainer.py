@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from napari_inkdetect.devices import is_out_of_memory
 from napari_inkdetect.errors import ConfigError, InkDetectError
 from napari_inkdetect.io.atomic import unwritable
 from napari_inkdetect.io.locks import OutputLock
@@ -69,11 +70,6 @@ def lr_at(step: int, total: int, base: float, warmup: int, min_ratio: float) -> 
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom = getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
 def _make_batch(run: Run, step: int) -> Batch:
@@ -130,7 +126,7 @@ def _train_step(run: Run, batch: Batch) -> Iterator[Any]:
             loss = _forward_backward(run, images, labels)
             break
         except (RuntimeError, MemoryError) as exc:
-            if not _is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             run.optimizer.zero_grad(set_to_none=True)
             if run.device.type == "cuda":
