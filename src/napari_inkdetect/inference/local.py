@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_inkdetect.host_memory import bound_heap
 from napari_inkdetect.inference.blending import Blender, forward_fitting
 from napari_inkdetect.inference.config import PredictConfig
 from napari_inkdetect.inference.events import (
@@ -38,6 +39,7 @@ def run_here(
 ) -> Generator[Any, None, PredictFinished]:
     """Predict in this process (the model on ``config.device``)."""
     stop = stop or threading.Event()
+    bound_heap()  # peak RSS independent of the region's size (host_memory)
     job = None
     try:
         job = open_job(config)

@@ -1,0 +1,127 @@
+"""Memory benchmark: predicting a whole scroll-sized segment keeps peak RSS flat (issue 14).
+
+Run: ``python benchmarks/bench_memory.py [--sizes 2048,8192,20000] [--layers 65] [--quick]``.
+
+A logical ``layers`` x 20000 x 20000 uint16 segment is written as sparse TIFF layers (headers
+and holes: it costs almost no disk, reads as zeros with a few real rows). Square regions of
+each size are predicted, each in a fresh interpreter, with the model replaced by a module that
+returns zeros (``--null-model``, the default here: the model's own memory is not what this
+measures), at the CLI's default chunk and batch. Printed: peak RSS per region and the ratio of
+the largest to the smallest. Target: ratio <= 1.25 (only chunk-local accumulators and bounded
+prefetch queues, never the region). ``--real-model`` runs the tiny resnet10 x0.125 instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from napari_inkdetect.engine import drain
+from napari_inkdetect.inference import PredictConfig, predict
+from napari_inkdetect.models import InkDetector, save_checkpoint
+
+TARGET = 1.25
+
+
+class NullModel(torch.nn.Module):
+    """Zero logits at the tile's resolution: the pipeline's cost without the network's."""
+
+    def __init__(self, info: object) -> None:
+        super().__init__()
+        self.info = info
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # .to(device) has something to move
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Nothing to checkpoint (the engine's speed options ask every model)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros((x.shape[0], 2, x.shape[-2], x.shape[-1]))
+
+
+def make_sparse_segment(folder: Path, layers: int, side: int) -> Path:
+    """``layers`` sparse uint16 TIFF layers of ``side`` x ``side`` (a few real rows each)."""
+    out = folder / "sparse" / "layers"
+    out.mkdir(parents=True, exist_ok=True)
+    for z in range(layers):
+        path = out / f"{z:02d}.tif"
+        tifffile.imwrite(path, shape=(side, side), dtype=np.uint16)
+        mm = tifffile.memmap(path)
+        mm[:: max(1, side // 16), :] = 20000 + 500 * z
+        mm.flush()
+        del mm
+    return out.parent
+
+
+def child(config_json: str, null_model: bool) -> None:
+    """Predict in this fresh interpreter and print its peak RSS (MB) and seconds."""
+    if null_model:
+        import napari_inkdetect.inference.job as job_module
+
+        real = job_module.load_checkpoint
+
+        def load_null(path, **kw):
+            model, report = real(path, **kw)
+            return NullModel(model.info), report
+
+        job_module.load_checkpoint = load_null
+    started = time.perf_counter()
+    finished = drain(predict(PredictConfig.from_dict(json.loads(config_json))))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak_mb, "seconds": time.perf_counter() - started,
+                      "windows": finished.tiles}))  # fmt: skip
+
+
+def run_region(segment: Path, ckpt: Path, size: int, null_model: bool) -> dict:
+    config = PredictConfig(
+        segment=str(segment), checkpoint=str(ckpt), out=str(segment.parent / f"p{size}.zarr"),
+        region=(0, 0, size, size), device="cpu", autocast="off", overwrite=True,
+        chunk_events=False,
+    )  # fmt: skip
+    cmd = [sys.executable, __file__, "--child", json.dumps(config.to_dict())]
+    cmd += ["--real-model"] if not null_model else []
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="2048,8192,20000", help="region sides, px")
+    parser.add_argument("--layers", type=int, default=65)
+    parser.add_argument("--real-model", action="store_true", help="resnet10 x0.125, not null")
+    parser.add_argument("--quick", action="store_true", help="sizes 1024,4096 on 26 layers")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, not args.real_model)
+    sizes = [1024, 4096] if args.quick else [int(s) for s in args.sizes.split(",")]
+    layers = 26 if args.quick else args.layers
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        folder = Path(tmp)
+        segment = make_sparse_segment(folder, layers, max(sizes))
+        torch.manual_seed(0)
+        ckpt = save_checkpoint(folder / "tiny.safetensors", InkDetector("resnet10", 0.125))
+        model = "resnet10 x0.125" if args.real_model else "null model"
+        print(f"{layers} x {max(sizes)} x {max(sizes)} sparse segment, {model}, CPU, "
+              "default chunk and batch")  # fmt: skip
+        results = {size: run_region(segment, ckpt, size, not args.real_model) for size in sizes}
+    for size, r in results.items():
+        print(f"region {size:>6}^2  peak RSS {r['peak_mb']:8.1f} MB  {r['windows']:>7} windows  "
+              f"{r['seconds']:7.1f} s")  # fmt: skip
+    ratio = results[sizes[-1]]["peak_mb"] / results[sizes[0]]["peak_mb"]
+    ok = "ok" if ratio <= TARGET else "MISSED"
+    print(f"RSS ratio {sizes[-1]}^2 / {sizes[0]}^2: {ratio:.3f}  (target <= {TARGET}) {ok}")
+    return None
+
+
+if __name__ == "__main__":
+    main()
