@@ -1,15 +1,30 @@
 """Segments as napari layer-data tuples: the one place that decides how layers look.
 
 Shared by the reader and the sample data, so an opened segment and the sample look the same.
-Plain data only (no napari import), so it stays cheap and testable.
+Plain data only (napari is imported only to show a notification), so it stays cheap and
+testable.
+
+The volume napari shows reads its files while the user browses, long after the segment was
+opened: the folder may be deleted or renamed, a network drive may go away, a layer file may be
+truncated. napari would raise at every slider move (a traceback each time), so the shown
+volume (:class:`ShownSource` over each level) gives black for a block it cannot read and
+reports the problem once per segment and kind of problem (:class:`ReadProblems`). Engines and
+estimates read the strict volume (:func:`strict_data`), so they never compute on that black.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
+import numpy as np
+
+from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.io.labels import INK, NOT_INK
 from napari_inkdetect.io.pyramid import build_pyramid
 from napari_inkdetect.io.segment import Segment, read_segment_labels
@@ -46,8 +61,97 @@ NOT_TRAINABLE = (MASK, TRUTH, PREDICTION, PREVIEW, UNCERTAINTY)
 NOT_TRAINABLE_NAMES = ("mask", "truth")
 
 
-def segment_layers(segment: Segment) -> list[LayerData]:
-    """The volume (lazy, multiscale when large), then mask and labels found beside it."""
+def notify_error(message: str) -> None:
+    """A napari error notification (imported here: only the viewer ever calls this)."""
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+class ReadProblems:
+    """The read failures of one shown segment, each kind reported once (not at every slider
+    move): ``notify`` gets one line saying what happened and what to do."""
+
+    def __init__(self, segment: Segment, notify: Callable[[str], None] = notify_error) -> None:
+        self.path, self.segment_id, self.notify = segment.path, segment.segment_id, notify
+        self.seen: list[InkDetectError] = []
+        self._kinds: set[str] = set()
+        self._lock = threading.Lock()  # napari reads blocks in dask's threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def report(self, exc: InkDetectError) -> None:
+        """Note ``exc``; notify when it is the first problem of its kind."""
+        with self._lock:
+            self.seen.append(exc)
+            kind = type(exc).__name__
+            if kind in self._kinds:
+                return
+            self._kinds.add(kind)
+        detail = " ".join(str(exc).split())
+        self.notify(
+            f"Segment {self.segment_id} can no longer be read: {detail}. The view shows black "
+            f"where it cannot read; check that {self.path} is still there (a network drive "
+            "may have gone away), then close the layer and reopen the segment."
+        )
+
+
+class ShownSource:
+    """One level of the shown volume: blocks of the strict ``array``, or zeros (reported to
+    ``problems``) where the files cannot be read. Blocks that failed are not cached anywhere
+    below, so the next read tries the files again (a drive that came back is read)."""
+
+    def __init__(self, array: da.Array, problems: ReadProblems) -> None:
+        self.array, self.problems = array, problems
+        self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key].compute(scheduler="synchronous"))
+        except InkDetectError as exc:
+            self.problems.report(exc)
+            return np.zeros(_block_shape(key, self.shape), self.dtype)
+
+
+_STRICT: weakref.WeakValueDictionary[str, da.Array] = weakref.WeakValueDictionary()
+
+
+def shown(array: da.Array, problems: ReadProblems) -> da.Array:
+    """``array`` as napari shows it: same chunks, black (and one report) where unreadable."""
+    out = da.from_array(
+        ShownSource(array, problems),
+        chunks=array.chunks,
+        name=f"inkdetect-shown-{array.name}",
+        asarray=False,
+        fancy=False,
+        lock=False,
+        meta=np.empty((0,) * array.ndim, array.dtype),
+    )
+    _STRICT[out.name] = array
+    return out
+
+
+def strict_data(data: Any) -> Any:
+    """The volume under a shown one (reads that fail raise); anything else as it is."""
+    return _STRICT.get(getattr(data, "name", None), data) if isinstance(data, da.Array) else data
+
+
+def _block_shape(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    key = key + (slice(None),) * (len(shape) - len(key))
+    return tuple(
+        len(range(*k.indices(n))) for k, n in zip(key, shape, strict=True) if isinstance(k, slice)
+    )
+
+
+def segment_layers(
+    segment: Segment, notify: Callable[[str], None] = notify_error
+) -> list[LayerData]:
+    """The volume (lazy, multiscale when large), then mask and labels found beside it.
+    ``notify`` hears, once per kind of problem, that the volume's files cannot be read."""
     meta = {
         SEGMENT_KEY: str(segment.path),
         "segment_id": segment.segment_id,
@@ -56,7 +160,10 @@ def segment_layers(segment: Segment) -> list[LayerData]:
         "reversed": segment.reversed,
     }
     multiscale = max(segment.shape[1:]) > PYRAMID_ABOVE
-    data = build_pyramid(segment, min_size=PYRAMID_COARSEST) if multiscale else segment.volume
+    levels = build_pyramid(segment, min_size=PYRAMID_COARSEST) if multiscale else [segment.volume]
+    problems = ReadProblems(segment, notify)
+    data = [shown(level, problems) for level in levels]
+    data = data if multiscale else data[0]
     name = segment.segment_id + (" (reversed)" if segment.reversed else "")
     layers: list[LayerData] = [
         (

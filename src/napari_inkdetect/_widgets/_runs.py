@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from napari.qt.threading import GeneratorWorker, create_worker
 from psygnal import Signal
-from qtpy.QtCore import QObject, QThreadPool, QTimer
-from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
+from qtpy.QtCore import QEvent, QObject, QThreadPool, QTimer
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 
 from napari_inkdetect._widgets._common import show_error
 from napari_inkdetect.errors import InkDetectError
@@ -77,13 +77,22 @@ def stoppable_worker(
 
 @dataclass
 class RunState:
-    """Plain state a widget's ``destroyed`` handler may touch after the Qt object is gone."""
+    """Plain state a widget's ``destroyed`` handler may touch after the Qt object is gone.
+
+    ``alive``: the run's events still go to the owner; ``gone``: the owner was destroyed.
+    """
 
     stop: threading.Event | None = None
     alive: bool = True
+    gone: bool = False
 
     def on_destroyed(self, *_: Any) -> None:
         """The dock (or its viewer) is gone: stop the run, and ignore its remaining events."""
+        self.gone = True
+        self.detach()
+
+    def detach(self) -> None:
+        """Stop the run and ignore its remaining events (the owner stays usable)."""
         self.alive = False
         if self.stop is not None:
             self.stop.set()
@@ -152,6 +161,11 @@ class RunController(QObject):
     its current step and returns. However the worker ends (returned, errored, stopped), the
     state is cleared, ``button`` reads its idle text again and ``on_done()`` runs.
 
+    The owning dock removed from the window (``remove_dock_widget``: it loses its parent, but
+    lives on) is a dock nobody sees: its run is stopped and, unless ``events_when_removed``,
+    its remaining events are dropped, so a removed dock never adds layers to a viewer that
+    may be closed by then, nor races a dock added in its place.
+
     ``button`` (its text when the controller is made is the idle text) reads ``busy_text``
     during a run: a Stop button if ``stoppable`` (``Stopping...`` and disabled once clicked),
     else disabled. ``progress`` starts each run at 0 of ``total``. The parent's destruction
@@ -172,10 +186,12 @@ class RunController(QObject):
         status: QLabel | None = None,
         progress: QProgressBar | None = None,
         as_is: tuple[type[BaseException], ...] = (InkDetectError,),
+        events_when_removed: bool = False,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.on_event, self.on_returned, self.on_done = on_event, on_returned, on_done
+        self.events_when_removed = events_when_removed
         self.button, self.status, self.progress = button, status, progress
         self.idle_text = button.text() if button is not None else ""
         self.busy_text, self.stoppable, self.as_is = busy_text, stoppable, as_is
@@ -187,6 +203,9 @@ class RunController(QObject):
         self._state = RunState()
         if parent is not None:
             parent.destroyed.connect(self._state.on_destroyed)
+        self._dock = _owning_widget(parent)
+        if self._dock is not None:
+            self._dock.installEventFilter(self)
 
     @property
     def running(self) -> bool:
@@ -207,6 +226,7 @@ class RunController(QObject):
         """Run ``function(*args, stop)`` in a worker; raises if a run is going on."""
         if self.running:
             raise InkDetectError("a run is already going on: stop it first")
+        self._state.alive = not self._state.gone  # a dock added again hears its new run
         worker, self._state.stop = stoppable_worker(
             function,
             *args,
@@ -241,6 +261,16 @@ class RunController(QObject):
         """The owner is going away: stop, and ignore whatever the worker still sends."""
         self._state.on_destroyed()
 
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """The owning dock taken out of the window during a run: stop it (see the class)."""
+        removed = event.type() == QEvent.Type.ParentChange and watched.parent() is None
+        if removed and self.running:
+            if self.events_when_removed:
+                self.stop(show=False)
+            else:
+                self._state.detach()
+        return False
+
     def _on_yielded(self, event: Any) -> None:
         if not self._state.alive:
             return
@@ -262,13 +292,20 @@ class RunController(QObject):
         self._state.stop = None
         self.worker = None
         self.last_stall_ms = self.stall.stop()
-        if not self._state.alive:
+        if self._state.gone:
             return
-        if self.button is not None:
+        if self.button is not None:  # also for a removed dock: it may be added again
             self.button.setText(self.idle_text)
             self.button.setEnabled(True)
-        if self.on_done is not None:
+        if self._state.alive and self.on_done is not None:
             self.on_done()
+
+
+def _owning_widget(obj: QObject | None) -> QWidget | None:
+    """The widget ``obj`` belongs to: itself, or its nearest widget ancestor (the dock)."""
+    while obj is not None and not isinstance(obj, QWidget):
+        obj = obj.parent()
+    return obj
 
 
 class RunOwner:

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_inkdetect._napari_layers import MASK, SEGMENT_KEY, is_derived, layer_role
+from napari_inkdetect._napari_layers import (
+    MASK,
+    SEGMENT_KEY,
+    is_derived,
+    layer_role,
+    strict_data,
+)
 from napari_inkdetect.ink_depth import InkDepth, estimate_ink_depth
 
 if TYPE_CHECKING:
@@ -42,8 +48,10 @@ def estimate_inputs(
 ) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
     """(full-resolution volume data, a snapshot of the labels, the mask) for the estimate.
 
-    The labels are copied on the GUI thread: painting may go on while the estimate runs."""
-    data = volume.data[0] if volume.multiscale else volume.data
+    The labels are copied on the GUI thread: painting may go on while the estimate runs.
+    The volume is the strict one: files that went away fail the estimate instead of making
+    it compute on the black the view shows for them."""
+    data = strict_data(volume.data[0] if volume.multiscale else volume.data)
     painted = None
     if labels is not None and not is_derived(labels) and labels.data.ndim == 2:
         painted = np.array(labels.data, copy=True)

@@ -111,6 +111,7 @@ class FinetuneWidget(RunOwner, FinetuneForm):
             button=self.run_button,
             status=self.status_label,
             progress=self.progress,
+            events_when_removed=True,  # a stopped run still reports its checkpoint
             parent=self,
         )
         self.depth_run = RunController(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_inkdetect._napari_layers import DERIVED_KEY
@@ -442,6 +442,14 @@ class PredictWidget(PredictForm):
             f"{result.best_threshold:.2f})"
         )
         self.best_button.setEnabled(True)
+
+    def event(self, event: QEvent) -> bool:
+        """Removed from its dock (no parent any more): stop following the view, so a dock
+        nobody sees starts no runs (its running one is stopped by its RunController)."""
+        follow = getattr(self, "follow_check", None)  # events come during __init__ too
+        if follow is not None and event.type() == QEvent.Type.ParentChange and not self.parent():
+            follow.setChecked(False)
+        return super().event(event)
 
     def _use_best_threshold(self) -> None:
         scores = getattr(self, "scores", None)

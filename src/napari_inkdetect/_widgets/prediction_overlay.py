@@ -44,8 +44,9 @@ EventSource = Callable[[PredictConfig, threading.Event], Iterator[Any]]
 
 
 def relay(source: EventSource, config: PredictConfig, stop: threading.Event) -> Iterator[Any]:
-    """The worker's generator: the engine's events, one yield each."""
-    yield from source(config, stop)
+    """The worker's generator: the engine's events, one yield each (the engine holds the
+    output's lock, on dask workers too: a second dock or process is refused)."""
+    return (yield from source(config, stop))
 
 
 def visible_region(

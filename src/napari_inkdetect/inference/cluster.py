@@ -55,6 +55,7 @@ from napari_inkdetect.inference.events import (
 )
 from napari_inkdetect.inference.job import PredictJob, open_job, prepare_output
 from napari_inkdetect.inference.local import predict_chunk
+from napari_inkdetect.io.locks import OutputLock
 from napari_inkdetect.io.prediction_store import done_flags, read_chunk
 from napari_inkdetect.processes import rebuild_error
 
@@ -257,8 +258,10 @@ def predict_on_cluster(
     """
     stop = stop or threading.Event()
     job = _plan(_absolute(config))
-    root = prepare_output(job)
     with contextlib.ExitStack() as resources:  # closed before PredictFinished: no late writes
+        # this client holds the output's lock while workers write it: a second run is refused
+        resources.enter_context(OutputLock(job.config.out, "prediction"))
+        root = prepare_output(job)
         client, pinned = _open_cluster(resources, job.config)
         seconds, tiles = yield from _run(client, job, root, pinned, stop)
     stopped = len(job.pending(done_flags(root))) > 0

@@ -117,8 +117,14 @@ class TiffLayers:
 
             store = tifffile.imread(info.path, key=info.page, aszarr=True)
             return zarr.open(store, mode="r")
-        except (OSError, ValueError, tifffile.TiffFileError) as exc:
-            raise CorruptFileError(f"{info.path}: cannot open layer ({exc})") from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise SegmentError(f"{info.path}: {GONE}") from None
+        except OSError as exc:  # permissions, a stale network mount (ESTALE, EIO)...
+            raise SegmentError(
+                f"{info.path}: cannot open the layer file ({_reason(exc)})"
+            ) from None
+        except (ValueError, tifffile.TiffFileError) as exc:
+            raise CorruptFileError(f"{info.path}: cannot open layer ({_reason(exc)})") from None
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
         zs, ys, xs = _normalize(key, self.shape)
@@ -132,7 +138,7 @@ class TiffLayers:
         """One layer's (Y, X) block; decode errors name the layer file."""
         try:
             return np.asarray(self._handle(z)[ys, xs], dtype=self.dtype)
-        except CorruptFileError:
+        except InkDetectError:
             raise
         except Exception as exc:  # decoders raise many types; all mean "this file is damaged"
             info = self.layers[z]
@@ -145,6 +151,11 @@ class MappedLayer:
     After each read the touched rows are released from this process (``MADV_DONTNEED``): the
     kernel's page cache keeps them for the next read, but they stop counting towards our
     resident memory, so browsing a 30 GB segment does not look like a 30 GB process.
+
+    Before each read the file's size is checked: touching a mapped page past the end of a file
+    that was truncated after it was mapped kills the process (``SIGBUS``), so a layer that
+    shrank is refused (``CorruptFileError``) instead. A file deleted or renamed after it was
+    mapped stays readable (the mapping keeps it), so the view goes on showing it.
     """
 
     def __init__(self, info: LayerInfo):
@@ -152,6 +163,10 @@ class MappedLayer:
         nbytes = info.shape[0] * info.shape[1] * dtype.itemsize
         start = info.memmap_offset - info.memmap_offset % mmap.ALLOCATIONGRANULARITY
         self._delta = info.memmap_offset - start
+        self._path, self._end = info.path, start + self._delta + nbytes
+        size = info.path.stat().st_size
+        if size < self._end:  # mmap would refuse it with a bare ValueError
+            raise CorruptFileError(f"{info.path}: {_shrank(size, self._end)}")
         with open(info.path, "rb") as f:
             self._map = mmap.mmap(
                 f.fileno(), self._delta + nbytes, access=mmap.ACCESS_READ, offset=start
@@ -162,9 +177,22 @@ class MappedLayer:
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
         ys = key[0]
+        self._check_size()
         out = np.array(self._array[key])
         self._release(ys.start or 0, ys.stop if ys.stop is not None else self._array.shape[0])
         return out
+
+    def _check_size(self) -> None:
+        """Refuse to read a file that is now shorter than the mapping (``fstat`` of the
+        mapping's own descriptor: a cheap system call, no path lookup)."""
+        try:
+            size = self._map.size()
+        except OSError as exc:  # a network mount gone stale
+            raise SegmentError(
+                f"{self._path}: cannot read the layer file any more ({_reason(exc)})"
+            ) from None
+        if size < self._end:
+            raise CorruptFileError(f"{self._path}: {_shrank(size, self._end)}")
 
     def _release(self, y0: int, y1: int) -> None:
         if _MADV_DONTNEED is None:
@@ -177,6 +205,21 @@ class MappedLayer:
 
 
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+#: a layer file that is no longer where it was opened from
+GONE = "the layer file is gone (deleted, renamed, or its drive is no longer mounted)"
+
+
+def _shrank(size: int, needed: int) -> str:
+    return (
+        f"the layer file is now {size} bytes but its pixels end at byte {needed} "
+        "(truncated, or being rewritten, while open)"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS or decoder error in a few words, on one line."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())[:200]
 
 
 class ZarrVolume:
@@ -203,6 +246,11 @@ class ZarrVolume:
                 self._array = zarr.open_array(self.path / self.array_path, mode="r")
             out = np.asarray(self._array[(*self.leading, z, ys, xs)], dtype=self.dtype)
         except Exception as exc:  # codec errors come in many types
+            if not self.path.exists():
+                raise SegmentError(
+                    f"{self.path}: the zarr volume is gone (deleted, renamed, or its drive "
+                    "is no longer mounted)"
+                ) from None
             raise CorruptFileError(f"{self.path}: cannot read block ({exc})") from None
         ReadCounter.add(out.nbytes)
         return out
