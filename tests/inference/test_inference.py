@@ -31,6 +31,7 @@ from napari_inkdetect.inference import (
 )
 from napari_inkdetect.inference import job as inference_job
 from napari_inkdetect.io import prediction_store
+from napari_inkdetect.io.blocks import block_mean
 from napari_inkdetect.io.prediction_store import (
     open_overviews,
     open_prediction,
@@ -144,10 +145,21 @@ def test_several_start_layers_read_each_position_once(data, tmp_path):
 # --------------------------------------------------------------------------- overview levels
 
 
-def test_large_outputs_get_overview_levels_equal_to_block_means(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(prediction_store, "LEVELS_ABOVE", 64)  # as if 224 px were 13k px
-    cfg = _config(data, tmp_path / "o.zarr", start_layers=(2, 5))
+@pytest.mark.parametrize("region", [None, (0, 0, 40, 224)])  # 40 px: narrower than a chunk
+def test_large_outputs_get_overview_levels_equal_to_block_means(
+    data, tmp_path, monkeypatch, region
+):
+    limit = 64 if region is None else 16  # as if 224 px were 13k px
+    monkeypatch.setattr(prediction_store, "LEVELS_ABOVE", limit)
+    cfg = _config(data, tmp_path / "o.zarr", start_layers=(2, 5), region=region)
     drain(predict(cfg))
+    if region is not None:  # every level the store made is filled, not left at zero
+        levels = open_overviews(cfg.out)
+        assert len(levels) == 5  # factors 2, 4, 8, 16 of a 64 px chunk
+        full = np.asarray(levels[0])
+        for f, level in zip((2, 4, 8, 16), levels[1:], strict=True):
+            np.testing.assert_array_equal(np.asarray(level), block_mean(full, f), err_msg=str(f))
+        return
     levels = open_overviews(cfg.out)
     prob = np.asarray(levels[0]).astype(np.float64)
     n, h, w = prob.shape

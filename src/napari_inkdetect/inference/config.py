@@ -145,7 +145,7 @@ class PredictConfig(ConfigData):
     # where it runs: this process (default), a spawned child, or a dask cluster
     in_child: bool = option(
         False, cli=False, form=False,
-        why="a command is its own process already; the dock always runs in a child",
+        why="a command is its own process already; the Predict dock runs it in a thread",
         help="run in a spawned process (the GUI's interpreter stays free)",
     )  # fmt: skip
     workers: int | None = option(

@@ -56,7 +56,7 @@ def _release(job: PredictJob | None) -> None:
 
 
 def _write(job: PredictJob, root: Any, chunk: tuple[int, int], data: np.ndarray) -> None:
-    write_chunk(root, Path(job.config.out), chunk, job.chunk_box(*chunk), data)
+    write_chunk(root, Path(job.config.out), chunk, job.chunk_box(*chunk), data, job.chunk)
 
 
 def _run(job: PredictJob, stop: threading.Event) -> Generator[Any, None, PredictFinished]:

@@ -155,10 +155,17 @@ def done_flags(root: Any) -> np.ndarray:
 
 
 def write_chunk(
-    root: Any, out: Path, index: tuple[int, int], box: tuple[int, int, int, int], data: np.ndarray
+    root: Any,
+    out: Path,
+    index: tuple[int, int],
+    box: tuple[int, int, int, int],
+    data: np.ndarray,
+    chunk: int,
 ) -> None:
     """Write a chunk's pixels and its overview levels, then (only then) its done flag.
 
+    ``chunk`` is the output's chunk side as :func:`create_store` was given it (the stored
+    chunk shape is clipped to a narrow output, and the overview factors follow the side).
     Each level's part of a chunk is exactly one chunk of that level (the chunk side is a
     multiple of every factor), so concurrent writers never share a stored chunk.
     """
@@ -168,7 +175,7 @@ def write_chunk(
     prob = root[PROB]
     try:
         prob[:, y0:y1, x0:x1] = data
-        for f in overview_factors(prob.shape[1:], prob.chunks[1]):
+        for f in overview_factors(prob.shape[1:], chunk):
             level = root[f"{PROB}_{f}"]
             level[:, y0 // f : -(-y1 // f), x0 // f : -(-x1 // f)] = block_mean(data, f)
         root[DONE][index] = 1
