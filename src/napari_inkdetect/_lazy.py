@@ -5,6 +5,7 @@ engine that the same package holds."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,6 @@ def lazy_exports(
         return getattr(importlib.import_module(exports[name]), name)
 
     def dir_() -> list[str]:
-        return sorted(exports)
+        return sorted(set(vars(sys.modules[package])) | set(exports))
 
     return getattr_, dir_
