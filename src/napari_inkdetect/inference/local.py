@@ -31,7 +31,7 @@ from napari_inkdetect.inference.pipeline import batches, prefetch
 from napari_inkdetect.io.locks import OutputLock
 from napari_inkdetect.io.prediction_store import done_flags, reopen_store, write_chunk
 
-__all__ = ["pending_chunks", "predict_chunk", "run_here"]
+__all__ = ["pending_chunks", "predict_chunk", "run_here", "run_job"]
 
 
 def run_here(
@@ -44,7 +44,7 @@ def run_here(
     try:
         job = open_job(config)
         with OutputLock(config.out, "prediction"):  # a second writer is refused (io.locks)
-            return (yield from _run(job, stop))
+            return (yield from run_job(job, stop))
     finally:
         _release(job)
 
@@ -59,7 +59,9 @@ def _write(job: PredictJob, root: Any, chunk: tuple[int, int], data: np.ndarray)
     write_chunk(root, Path(job.config.out), chunk, job.chunk_box(*chunk), data, job.chunk)
 
 
-def _run(job: PredictJob, stop: threading.Event) -> Generator[Any, None, PredictFinished]:
+def run_job(job: PredictJob, stop: threading.Event) -> Generator[Any, None, PredictFinished]:
+    """Predict an opened job into its output (the caller holds the output's lock); a
+    benchmark swaps ``job.model`` for a null module to time the host pipeline alone."""
     root = prepare_output(job)
     all_chunks = job.pending()
     chunks = job.pending(done_flags(root))
