@@ -34,6 +34,7 @@ import tifffile
 import torch
 
 from napari_inkdetect.inference import PredictConfig, PredictFinished, open_job, predict
+from napari_inkdetect.inference.pipeline import assemble, batches
 from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.synthetic import make_segment, write_segment
 
@@ -50,7 +51,7 @@ def _run(config: PredictConfig) -> PredictFinished:
     return [e for e in predict(config) if isinstance(e, PredictFinished)][-1]
 
 
-def forward_ceiling(config: PredictConfig, batches: int) -> float:
+def forward_ceiling(config: PredictConfig, n_batches: int) -> float:
     """Tiles/s of the model alone, prepared exactly like the predictor prepares it, on the
     predictor's own first batches (real data), already in memory."""
     job = open_job(config)
@@ -58,17 +59,18 @@ def forward_ceiling(config: PredictConfig, batches: int) -> float:
     inputs = []
     for batch in batches(job, [chunk], threading.Event()):
         if len(batch.rows) == config.batch_size:
-            inputs.append(job.speed.prepare_input(batch.inputs.to(job.device)))
-        if len(inputs) == min(batches, 4):
+            stacks = batch.stacks.to(job.device)
+            inputs.append(job.speed.prepare_input(assemble(job, batch, stacks)))
+        if len(inputs) == min(n_batches, 4):
             break
     with torch.inference_mode(), job.speed.autocast_context(job.device):
         job.model(inputs[0])  # warm-up
         _sync(job.device)
         started = time.perf_counter()
-        for i in range(batches):
+        for i in range(n_batches):
             job.model(inputs[i % len(inputs)]).float().softmax(1)
         _sync(job.device)
-    return batches * config.batch_size / (time.perf_counter() - started)
+    return n_batches * config.batch_size / (time.perf_counter() - started)
 
 
 def _sync(device: torch.device) -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from napari_inkdetect.windows import WindowSpec
 
-__all__ = ["to_model_input", "to_volume_pixels"]
+__all__ = ["from_uint8", "to_model_input", "to_volume_pixels"]
 
 
 def to_model_input(raw: np.ndarray, spec: WindowSpec) -> torch.Tensor:
@@ -26,6 +26,12 @@ def to_model_input(raw: np.ndarray, spec: WindowSpec) -> torch.Tensor:
         size = (spec.layers if spec.depth_scale else x.shape[1], spec.tile, spec.tile)
         x = F.interpolate(x[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
     return x if batched else x[0]
+
+
+def from_uint8(x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """:meth:`Normalisation.to_uint8` values (on any device) -> the float32 model input that
+    :func:`to_model_input` makes from the raw block, bit for bit (no resampling: scale 1)."""
+    return x.float().div_(spec.normalisation.divide)
 
 
 def to_volume_pixels(prob: torch.Tensor, spec: WindowSpec) -> torch.Tensor:

@@ -81,6 +81,28 @@ class Normalisation:
         data["clip"], data["percentiles"] = list(self.clip), list(self.percentiles)
         return data
 
+    @property
+    def pointwise(self) -> bool:
+        """True when each voxel's input depends on that voxel alone (the shift-and-clip kind):
+        a stack can then be normalised once and windows cut from it, and shipped as uint8."""
+        return self.kind != "percentile"
+
+    def to_uint8(self, block: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        """Raw values -> the clipped 8-bit values ``apply`` divides (pointwise kind only).
+
+        A quarter of float32's bytes to copy and ship; ``uint8 / divide`` on the model's device
+        equals :meth:`apply` exactly (integers below 256 are exact in float32). With
+        ``overwrite`` a uint16 ``block`` is shifted and clipped in place (a block the caller
+        owns): one pass less over the data."""
+        if not self.pointwise:
+            raise ValueError("percentile normalisation is not pointwise: use apply()")
+        lo, hi = (int(np.clip(v, 0, 255)) for v in self.clip)
+        if block.dtype == np.uint16:
+            block = np.right_shift(block, self.shift, out=block if overwrite else None)
+            overwrite = True
+        values = np.clip(block, lo, hi, out=block if overwrite else None)
+        return values.astype(np.uint8, copy=False)
+
     def apply(self, block: np.ndarray) -> np.ndarray:
         """Raw volume values (uint8 or uint16) -> float32 model input."""
         if self.kind == "percentile":
@@ -181,19 +203,27 @@ def read_raw(
 
     With ``n_layers``: exactly the layers ``[start, start + n_layers)`` (a caller reading
     several windows at once, which applies the offset itself)."""
-    nz, ny, nx = segment.shape
     if n_layers is None:
-        start, depth = int(start) + spec.source_offset, spec.source_layers
-    else:
-        depth = n_layers
-    if start < 0 or start + depth > nz:
-        raise ConfigError(f"layers {start}..{start + depth} outside the volume's 0..{nz}")
-    e = spec.extent
-    ys, xs = (max(0, y0), min(ny, y0 + e)), (max(0, x0), min(nx, x0 + e))
-    out = np.zeros((depth, e, e), segment.dtype)
+        start, n_layers = int(start) + spec.source_offset, spec.source_layers
+    return read_padded(segment, (start, start + n_layers), y0, x0, spec.extent, spec.extent)
+
+
+def read_padded(
+    segment: Any, layers: tuple[int, int], y0: int, x0: int, height: int, width: int
+) -> np.ndarray:
+    """``segment[z0:z1, y0:y0 + height, x0:x0 + width]`` read straight from its files,
+    zero-padded where the box leaves the volume in Y and X (a band of tile positions, or one)."""
+    nz, ny, nx = segment.shape
+    z0, z1 = int(layers[0]), int(layers[1])
+    if z0 < 0 or z1 > nz:
+        raise ConfigError(f"layers {z0}..{z1} outside the volume's 0..{nz}")
+    ys, xs = (max(0, y0), min(ny, y0 + height)), (max(0, x0), min(nx, x0 + width))
+    if ys == (y0, y0 + height) and xs == (x0, x0 + width):
+        return np.ascontiguousarray(segment.read_block((z0, z1), ys, xs))  # no padding copy
+    out = np.zeros((z1 - z0, height, width), segment.dtype)
     if ys[1] > ys[0] and xs[1] > xs[0]:
         out[:, ys[0] - y0 : ys[1] - y0, xs[0] - x0 : xs[1] - x0] = segment.read_block(
-            (start, start + depth), ys, xs
+            (z0, z1), ys, xs
         )
     return out
 
