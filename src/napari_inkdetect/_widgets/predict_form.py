@@ -75,6 +75,7 @@ from napari_inkdetect._widgets._form import (
 )
 from napari_inkdetect._widgets._runs import session
 from napari_inkdetect._widgets.config_form import ConfigForm, form_fields
+from napari_inkdetect._widgets.look_next import LookNextPanel
 from napari_inkdetect._widgets.plots import ProfilePlot
 from napari_inkdetect._widgets.prediction_overlay import visible_region
 from napari_inkdetect.devices import available_devices
@@ -203,6 +204,8 @@ class PredictForm(QWidget):
         layout.addLayout(self._display_form())
         self.profile_plot = ProfilePlot()
         layout.addWidget(self.profile_plot)
+        self.look_next = LookNextPanel(self.viewer, self)
+        layout.addWidget(self.look_next)
         layout.addStretch(1)
 
     def _input_form(self) -> QFormLayout:

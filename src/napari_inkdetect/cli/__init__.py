@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from napari_inkdetect.cli._common import EXIT_INPUT_ERROR, EXIT_INTERRUPTED, version
 from napari_inkdetect.cli.misc import add_misc
 from napari_inkdetect.cli.predict import add_predict
-from napari_inkdetect.cli.scoring import add_evaluate, add_export
+from napari_inkdetect.cli.scoring import add_compare, add_evaluate, add_export
 from napari_inkdetect.cli.train import add_train
 from napari_inkdetect.errors import InkDetectError
 
@@ -54,5 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_predict(sub)
     add_evaluate(sub)
+    add_compare(sub)
     add_export(sub)
     return parser
