@@ -119,3 +119,25 @@ def test_label_here_next_boxes_and_a_click_that_goes_there(predicted, qtbot):
     centre = panel.suggestions[0].centre
     assert np.allclose(camera_of(viewer).center[-2:], centre)
     assert viewer.layers.selection.active is train and train.mode == "paint"
+
+
+def test_compare_adds_the_difference_on_the_shared_pixels_and_lists_what_differs(
+    predicted, tmp_path
+):
+    viewer, panel, _ = predicted
+    assert panel.compare() is None  # no second prediction chosen yet: said, not raised
+    assert "second model" in panel.legend.text()
+    other = planes(0)[1:, 8:40] - 0.1  # windows 2 and 4 only, rows 24..56 of the segment
+    second = write_prediction(tmp_path / "b.zarr", other.clip(0, 1), region=(24, 0, 56, 128),
+                              start_layers=(2, 4), segment_id="s",
+                              extra={"config": {"tta_flips": True}})  # fmt: skip
+    panel.second_edit.setText(str(second))
+    layer = panel.compare()
+    data = np.asarray(layer.data)
+    assert data.shape == (2, 32, 128)
+    expected = np.round(planes(0)[1:, 8:40] * 255) / 255 - np.round(other.clip(0, 1) * 255) / 255
+    np.testing.assert_allclose(data, expected, atol=1e-6)
+    overlay = overlay_of(viewer)
+    assert tuple(layer.translate) == (overlay.translate[0] + overlay.scale[0], 24.0, 0.0)
+    assert tuple(layer.scale) == tuple(overlay.scale)
+    assert "tta_flips" in panel.legend.text()

@@ -1,5 +1,5 @@
-"""Where to look next, in the Predict dock: the ink depth map, the uncertainty layer and the
-ranked boxes where a label would teach the model most.
+"""Where to look next, in the Predict dock: the ink depth map, the uncertainty layer, the
+ranked boxes where a label would teach the model most, and a comparison with a second run.
 
 Thin on purpose: the maps are :mod:`napari_inkdetect.prediction_maps`' (lazy dask arrays over
 the prediction zarr, so adding a layer reads nothing), the ranking is
@@ -38,12 +38,14 @@ from napari_inkdetect._napari_layers import (
     VALIDATION,
     is_trainable,
     layer_role,
+    prediction_placement,
 )
 from napari_inkdetect._widgets._common import show_error
 from napari_inkdetect._widgets._form import add_rows, browse_button, hbox, spin, text_label
 from napari_inkdetect._widgets._runs import make_room_in_thread_pool
 from napari_inkdetect._widgets.prediction_overlay import camera_of, canvas_size
 from napari_inkdetect.errors import InkDetectError
+from napari_inkdetect.io.prediction_store import open_prediction
 from napari_inkdetect.next_labels import DEFAULT_COUNT, Suggestion, label_here_next
 from napari_inkdetect.prediction_maps import (
     UNCERTAINTY_LEGEND,
@@ -52,12 +54,14 @@ from napari_inkdetect.prediction_maps import (
     depth_profile,
     uncertainty,
 )
+from napari_inkdetect.scoring.compare import difference, provenance_table
 
 if TYPE_CHECKING:
     import napari
 
 DEPTH_COLORMAP = "turbo"
 UNCERTAINTY_COLORMAP = "magma"
+DIFFERENCE_COLORMAP = "PiYG"
 SUGGESTIONS_NAME = "label here next"
 #: labels roles a suggested box must not overlap (what the user painted)
 PAINTED = (TRAIN, VALIDATION)  # truth is an answer key for scoring, not painted labels
@@ -124,7 +128,14 @@ class LookNextPanel(QCollapsible):
             "rank boxes where a label would teach the model most: doubtful, far from your "
             "labels, inside the papyrus, spread out"
         )
-        layout.addLayout(hbox(self.depth_button, self.uncertainty_button, self.next_button))
+        self.compare_button = QPushButton("Compare")
+        self.compare_button.setToolTip(
+            "the chosen prediction minus the second model's (where both predicted), and "
+            "their settings side by side"
+        )
+        layout.addLayout(
+            hbox(self.depth_button, self.uncertainty_button, self.next_button, self.compare_button)
+        )
         self.legend = text_label("")
         layout.addWidget(self.legend)
         self.list = QListWidget()
@@ -135,6 +146,7 @@ class LookNextPanel(QCollapsible):
         self.depth_button.clicked.connect(self.add_depth_map)
         self.uncertainty_button.clicked.connect(self.add_uncertainty)
         self.next_button.clicked.connect(self.suggest)
+        self.compare_button.clicked.connect(self.compare)
         self.browse_second.clicked.connect(self._choose_second)
         self.list.currentRowChanged.connect(self.go_to)
         viewer.layers.events.inserted.connect(self.refresh_layers)
@@ -152,7 +164,8 @@ class LookNextPanel(QCollapsible):
         if current in names and (event is None or getattr(event, "type", "") != "inserted"):
             self.prediction_combo.setCurrentText(current)
         enabled = bool(names)
-        for button in (self.depth_button, self.uncertainty_button, self.next_button):
+        buttons = (self.depth_button, self.uncertainty_button, self.next_button)
+        for button in (*buttons, self.compare_button):
             button.setEnabled(enabled)
 
     def overlay(self) -> Image | None:
@@ -246,6 +259,58 @@ class LookNextPanel(QCollapsible):
         models = " (with the second model)" if other is not None else ""
         self.legend.setText(UNCERTAINTY_LEGEND + models)
         return added
+
+    def compare(self) -> Image | None:
+        """Add A - B over the pixels and windows both predictions hold (green: A sees more
+        ink), and list the settings that differ."""
+        try:
+            layer, prediction, other = self._open()
+            if other is None:
+                raise InkDetectError("choose the second model's prediction to compare with")
+            diff = difference(prediction.path, other.path)
+            _, prov_a = open_prediction(prediction.path)
+            _, prov_b = open_prediction(other.path)
+        except InkDetectError as exc:
+            show_error(str(exc), self.legend)
+            return None
+        added = self._replace(
+            f"{layer.name} minus {other.path.name}",
+            diff.data,
+            {
+                **self._placement(layer, prediction, diff.start_layers, diff.box),
+                "colormap": DIFFERENCE_COLORMAP,
+                "contrast_limits": (-1.0, 1.0),
+                "metadata": self._meta(layer, "difference"),
+            },
+        )
+        added.colorbar.visible = True
+        rows = [r for r in provenance_table(prov_a, prov_b) if r[3]]
+        listed = "; ".join(f"{key}: {a} | {b}" for key, a, b, _ in rows[:8]) or "none"
+        self.legend.setText(
+            f"A - B on {len(diff.start_layers)} windows (green: A sees more ink). "
+            f"Settings that differ (A | B): {listed}"
+        )
+        return added
+
+    def _placement(
+        self,
+        layer: Image,
+        prediction: StoredPrediction,
+        starts: list[int],
+        box: tuple[int, int, int, int],
+    ) -> dict[str, Any]:
+        """Where planes of ``starts`` over ``box`` go, from the overlay's own placement."""
+        starts_a = prediction.start_layers
+        step = starts_a[1] - starts_a[0] if len(starts_a) > 1 else 1
+        sz, sy, sx = (float(v) for v in layer.scale)
+        tz, ty, tx = (float(v) for v in layer.translate)
+        sz /= step
+        tz -= sz * prediction.centre_layers[0]
+        ty -= sy * prediction.region[0]
+        tx -= sx * prediction.region[1]
+        return prediction_placement(
+            starts, box, (sz, sy, sx), (tz, ty, tx), window_length=prediction.window_length
+        )
 
     def _threshold(self, layer: Image, prediction: StoredPrediction) -> float:
         dock = self.parent()
