@@ -150,6 +150,12 @@ class WindowSpec:
         return max(1, round(self.tile / self.scale))
 
     @property
+    def ships_uint8(self) -> bool:
+        """Whether windows can travel to the model's device as uint8 and become float there,
+        bit for bit (:meth:`Normalisation.to_uint8`): pointwise normalisation, no resampling."""
+        return self.normalisation.pointwise and not self.depth_scale and self.extent == self.tile
+
+    @property
     def source_layers(self) -> int:
         """Volume layers a window reads (fewer than ``layers`` with legacy depth scaling)."""
         return math.ceil(self.layers / self.scale) if self.depth_scale else self.layers

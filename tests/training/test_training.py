@@ -42,7 +42,7 @@ from napari_inkdetect.training import (
 from napari_inkdetect.training.augment import depth_crop_paste, flip_rot90, step_generator
 from napari_inkdetect.training.sampling import TileSampler
 from napari_inkdetect.window_tensors import to_model_input
-from napari_inkdetect.windows import WindowSpec, read_raw
+from napari_inkdetect.windows import Normalisation, WindowSpec, read_raw
 
 NO_AUG = AugmentConfig.none()
 
@@ -149,6 +149,26 @@ def test_sampler_is_balanced_deterministic_and_lazy(synthetic):
     y0, x0 = sampler.positions(0, 1)[0]
     expect = to_model_input(read_raw(segment, 12, y0, x0, spec), spec)
     assert torch.allclose(batch.images[0, 0], expect)
+
+
+@pytest.mark.parametrize("kind", ["uint16_shift8_clip", "percentile"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_sampler_ships_uint8_and_the_device_side_gives_the_float_input_bit_for_bit(
+    synthetic, kind, reverse
+):
+    seg, folder = synthetic
+    segment = open_segment(folder)
+    spec = WindowSpec(layers=8, tile=32, normalisation=Normalisation(kind=kind))
+    sampler = TileSampler(segment, seg.train_labels(3), spec, 12, seed=0, reverse=reverse)
+    corners = sampler.positions(3, 6)
+    stacks, labels = sampler.read_stacks(corners)
+    assert stacks.dtype == (torch.uint8 if kind != "percentile" else torch.float32)
+    assert stacks.shape == (6, 8, 32, 32) and labels.shape == (6, 32, 32)
+    raw = np.stack([read_raw(segment, 12, y, x, spec) for y, x in corners])
+    expect = to_model_input(raw, spec)
+    expect = (expect.flip(1) if reverse else expect)[:, None]
+    assert torch.equal(sampler.model_input(stacks), expect)
+    assert torch.equal(sampler.read(corners)[0], expect)
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -63,8 +63,7 @@ class Batch:
 
 def uint8_path(job: PredictJob) -> bool:
     """Whether windows ship as uint8 stacks: pointwise normalisation, no resampling."""
-    spec = job.spec
-    return spec.normalisation.pointwise and not spec.depth_scale and spec.extent == spec.tile
+    return job.spec.ships_uint8
 
 
 # --------------------------------------------------------------------------- host side

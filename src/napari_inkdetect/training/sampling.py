@@ -2,8 +2,10 @@
 
 Each step's tiles are drawn from an RNG seeded with ``(seed, step)``, so a resumed run draws
 exactly the tiles an uninterrupted one would, with no sampler state to save. A background
-thread reads (``Segment.read_block``: only the block a tile needs), normalises and resamples
-the tiles of the next steps into a bounded queue, so I/O overlaps the optimiser step.
+thread reads (``Segment.read_block``: only the block a tile needs) the tiles of the next steps
+into a bounded queue, so I/O overlaps the optimiser step. Tiles travel as clipped uint8
+(:meth:`TileSampler.read_stacks`) and become float on the model's device
+(:meth:`TileSampler.model_input`) whenever the normalisation allows it bit for bit.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from scipy import ndimage
 from napari_inkdetect.errors import ConfigError
 from napari_inkdetect.io.labels import INK, NOT_INK
 from napari_inkdetect.training.validation import ValidationPlan, mask_edges
-from napari_inkdetect.window_tensors import to_model_input
+from napari_inkdetect.window_tensors import from_uint8, to_model_input
 from napari_inkdetect.windows import WindowSpec, read_raw
 
 
 @dataclass
 class Batch:
-    """Model-resolution tiles ``(B, 1, D, T, T)`` float32 and labels ``(B, T, T)`` uint8."""
+    """Tiles and labels ``(B, T, T)`` uint8 of one step: as the host read them (``(B, D, T,
+    T)``, uint8 or float32: :meth:`TileSampler.read_stacks`), then as model input ``(B, 1, D,
+    T, T)`` float32 (:meth:`TileSampler.model_input`)."""
 
     step: int
     images: torch.Tensor
@@ -127,16 +131,34 @@ class TileSampler:
 
     def read(self, corners: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tiles at model resolution ``(B, 1, D, T, T)`` and their labels ``(B, T, T)``."""
+        images, labels = self.read_stacks(corners)
+        return self.model_input(images), labels
+
+    def read_stacks(self, corners: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The host's share of :meth:`read`: tiles ``(B, D, T, T)`` as the clipped uint8
+        values when the spec ships them (a quarter of float32's bytes to read, copy and send;
+        :meth:`model_input` finishes them on the model's device), else float32 model input;
+        and the labels ``(B, T, T)``."""
         e = self.spec.extent
         raw = np.stack([read_raw(self.segment, self.start, y, x, self.spec) for y, x in corners])
-        images = to_model_input(raw, self.spec)
-        if self.reverse:
-            images = images.flip(1)
+        if self.spec.ships_uint8:
+            images = torch.from_numpy(self.spec.normalisation.to_uint8(raw, overwrite=True))
+        else:
+            images = to_model_input(raw, self.spec)
         labels = np.zeros((len(corners), e, e), np.uint8)
         for i, (y0, x0) in enumerate(corners):
             block = self.labels[y0 : y0 + e, x0 : x0 + e]
             labels[i, : block.shape[0], : block.shape[1]] = block
-        return images[:, None].contiguous(), resample_labels(labels, self.spec.tile)
+        return images, resample_labels(labels, self.spec.tile)
+
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`read_stacks` tiles (on any device) -> the ``(B, 1, D, T, T)`` float32 model
+        input: uint8 divided (exactly what the host's float path gives), depth reversed."""
+        if images.dtype == torch.uint8:
+            images = from_uint8(images, self.spec)
+        if self.reverse:
+            images = images.flip(1)
+        return images[:, None].contiguous()
 
     def batch(self, step: int, n: int) -> Batch:
         """The ``n`` tiles of ``step`` (the same for the same seed and step, always)."""

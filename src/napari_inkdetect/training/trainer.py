@@ -76,8 +76,11 @@ def _make_batch(run: Run, step: int) -> Batch:
     """The (maybe augmented) batch of ``step``, this rank's share under DDP: runs in the
     prefetch thread."""
     corners = run.dist.shard(run.sampler.positions(step, run.config.batch_size))
-    batch = Batch(step, *run.sampler.read(corners))
+    batch = Batch(step, *run.sampler.read_stacks(corners))
+    if run.device.type == "cuda":  # pinned: the copy to the device runs asynchronously
+        batch.images, batch.labels = batch.images.pin_memory(), batch.labels.pin_memory()
     if _augment_in_worker(run):
+        batch.images = run.sampler.model_input(batch.images)
         seed = run.dist.rank_seed(run.config.seed)
         batch.images, batch.labels = augment_batch(
             batch.images, batch.labels, run.config.augment, seed, step
@@ -113,6 +116,8 @@ def _train_step(run: Run, batch: Batch) -> Iterator[Any]:
     cfg = run.config
     images = batch.images.to(run.device, non_blocking=True)
     labels = batch.labels.to(run.device, non_blocking=True)
+    if images.dtype == torch.uint8:  # the host shipped clipped uint8: finish on the device
+        images = run.sampler.model_input(images)
     if not _augment_in_worker(run):
         seed = run.dist.rank_seed(cfg.seed)
         images, labels = augment_batch(images, labels, cfg.augment, seed, batch.step)
