@@ -103,6 +103,23 @@ class Normalisation:
         values = np.clip(block, lo, hi, out=block if overwrite else None)
         return values.astype(np.uint8, copy=False)
 
+    def to_uint8_into(
+        self, block: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None
+    ) -> np.ndarray:
+        """:meth:`to_uint8` of ``block`` (any view, e.g. of a memory-mapped layer) written
+        into ``out``: one read of the raw voxels, no intermediate copy; ``scratch`` (uint16,
+        ``block``'s shape) is reused across calls when given."""
+        if not self.pointwise:
+            raise ValueError("percentile normalisation is not pointwise: use apply()")
+        lo, hi = (int(np.clip(v, 0, 255)) for v in self.clip)
+        if block.dtype == np.uint16:
+            shifted = np.right_shift(block, self.shift, out=scratch)
+            np.clip(shifted, lo, hi, out=shifted)
+            np.copyto(out, shifted, casting="unsafe")
+        else:
+            np.copyto(out, np.clip(block, lo, hi), casting="unsafe")
+        return out
+
     def apply(self, block: np.ndarray) -> np.ndarray:
         """Raw volume values (uint8 or uint16) -> float32 model input."""
         if self.kind == "percentile":
@@ -219,13 +236,22 @@ def read_padded(
 ) -> np.ndarray:
     """``segment[z0:z1, y0:y0 + height, x0:x0 + width]`` read straight from its files,
     zero-padded where the box leaves the volume in Y and X (a band of tile positions, or one)."""
+    return np.ascontiguousarray(read_view(segment, layers, y0, x0, height, width))
+
+
+def read_view(
+    segment: Any, layers: tuple[int, int], y0: int, x0: int, height: int, width: int
+) -> np.ndarray:
+    """:func:`read_padded` without its copy where the box lies inside the volume: the block as
+    the segment gives it (a view of its memory-mapped layers when it has them), for a caller
+    that reads it once into a buffer of its own."""
     nz, ny, nx = segment.shape
     z0, z1 = int(layers[0]), int(layers[1])
     if z0 < 0 or z1 > nz:
         raise ConfigError(f"layers {z0}..{z1} outside the volume's 0..{nz}")
     ys, xs = (max(0, y0), min(ny, y0 + height)), (max(0, x0), min(nx, x0 + width))
     if ys == (y0, y0 + height) and xs == (x0, x0 + width):
-        return np.ascontiguousarray(segment.read_block((z0, z1), ys, xs))  # no padding copy
+        return segment.read_block((z0, z1), ys, xs)  # no padding copy
     out = np.zeros((z1 - z0, height, width), segment.dtype)
     if ys[1] > ys[0] and xs[1] > xs[0]:
         out[:, ys[0] - y0 : ys[1] - y0, xs[0] - x0 : xs[1] - x0] = segment.read_block(

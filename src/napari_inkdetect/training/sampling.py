@@ -25,7 +25,7 @@ from napari_inkdetect.errors import ConfigError
 from napari_inkdetect.io.labels import INK, NOT_INK
 from napari_inkdetect.training.validation import ValidationPlan, mask_edges
 from napari_inkdetect.window_tensors import from_uint8, to_model_input
-from napari_inkdetect.windows import WindowSpec, read_raw
+from napari_inkdetect.windows import WindowSpec, read_raw, read_view
 
 
 @dataclass
@@ -139,12 +139,18 @@ class TileSampler:
         values when the spec ships them (a quarter of float32's bytes to read, copy and send;
         :meth:`model_input` finishes them on the model's device), else float32 model input;
         and the labels ``(B, T, T)``."""
-        e = self.spec.extent
-        raw = np.stack([read_raw(self.segment, self.start, y, x, self.spec) for y, x in corners])
-        if self.spec.ships_uint8:
-            images = torch.from_numpy(self.spec.normalisation.to_uint8(raw, overwrite=True))
+        e, spec = self.spec.extent, self.spec
+        if spec.ships_uint8:  # each block read once, straight into the batch's uint8 buffer
+            z0, z1 = spec.source_range(self.start)
+            stacks = np.empty((len(corners), z1 - z0, e, e), np.uint8)
+            scratch = np.empty(stacks.shape[1:], np.uint16)
+            for i, (y, x) in enumerate(corners):
+                block = read_view(self.segment, (z0, z1), y, x, e, e)
+                spec.normalisation.to_uint8_into(block, stacks[i], scratch)
+            images = torch.from_numpy(stacks)
         else:
-            images = to_model_input(raw, self.spec)
+            raw = np.stack([read_raw(self.segment, self.start, y, x, spec) for y, x in corners])
+            images = to_model_input(raw, spec)
         labels = np.zeros((len(corners), e, e), np.uint8)
         for i, (y0, x0) in enumerate(corners):
             block = self.labels[y0 : y0 + e, x0 : x0 + e]
