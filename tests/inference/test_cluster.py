@@ -234,3 +234,30 @@ def test_cli_workers_and_unreachable_scheduler(data, tmp_path, capsys):
     assert err.startswith("napari-inkdetect: error: cannot reach the dask scheduler at tcp://")
     with pytest.raises(SystemExit):
         main([*base, "--out", str(out), "--workers", "2", "--scheduler", "tcp://127.0.0.1:9"])
+
+
+def test_a_warm_local_cluster_serves_the_next_run_without_start_up(data, tmp_path):
+    """``keep_cluster`` (the GUI's): the second run reuses the first run's workers (same
+    scheduler, model already loaded) and starts sooner; closing leaves no worker behind."""
+    from napari_inkdetect.inference.cluster import close_warm_clusters
+
+    restore = _environ_restorer()
+    children = set(multiprocessing.active_children())
+    try:
+        ready, seconds = [], []
+        for name in ("a.zarr", "b.zarr"):
+            started = time.perf_counter()
+            events = list(predict(_config(data, tmp_path / name, workers=2), keep_cluster=True))
+            ready.append(next(e for e in events if isinstance(e, ClusterReady)))
+            seconds.append(time.perf_counter() - started)
+            assert not events[-1].stopped
+        assert ready[0].address == ready[1].address and ready[1].local
+        assert set(multiprocessing.active_children()) - children  # still up between runs
+        assert seconds[1] < seconds[0]
+        np.testing.assert_array_equal(_prob(tmp_path / "b.zarr"), data["reference"])
+    finally:
+        closed = close_warm_clusters()
+        restore()
+    assert closed == 1
+    _wait_until(lambda: not set(multiprocessing.active_children()) - children)
+    assert not set(multiprocessing.active_children()) - children

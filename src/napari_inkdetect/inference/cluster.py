@@ -28,6 +28,7 @@ Design
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -59,7 +60,13 @@ from napari_inkdetect.io.locks import OutputLock
 from napari_inkdetect.io.prediction_store import done_flags, read_chunk
 from napari_inkdetect.processes import rebuild_error
 
-__all__ = ["ClusterReady", "PinnedNanny", "predict_on_cluster", "visible_gpus"]
+__all__ = [
+    "ClusterReady",
+    "PinnedNanny",
+    "close_warm_clusters",
+    "predict_on_cluster",
+    "visible_gpus",
+]
 
 RETRIES = 2
 POLL_S = 0.1
@@ -151,6 +158,38 @@ def _start_local(workers: int | None, gpus: tuple[str, ...]) -> Any:
     )  # fmt: skip
 
 
+#: Local clusters left running between runs by ``keep_warm``, by (workers, GPUs)
+_WARM: dict[tuple[int | None, tuple[str, ...]], Any] = {}
+_WARM_LOCK = threading.Lock()
+
+
+def _warm_local(workers: int | None, gpus: tuple[str, ...]) -> Any:
+    """The running local cluster for these workers, started on first use. Measured start-up
+    on 2 busy cores: 5.6 s of spawning, imports and nannies that a second run skips (and
+    its workers keep the model loaded, in their job cache)."""
+    key = (workers, gpus)
+    with _WARM_LOCK:
+        cluster = _WARM.get(key)
+        if cluster is not None and getattr(cluster.status, "name", "") == "running":
+            return cluster
+        if not _WARM:
+            atexit.register(close_warm_clusters)
+        cluster = _WARM[key] = _start_local(workers, gpus)
+        return cluster
+
+
+def close_warm_clusters() -> int:
+    """Close every local cluster ``keep_warm`` left running (napari closing, a dock removed);
+    returns how many were closed."""
+    with _WARM_LOCK:
+        clusters = list(_WARM.values())
+        _WARM.clear()
+    for cluster in clusters:
+        with contextlib.suppress(Exception):  # already gone: nothing left to close
+            cluster.close()
+    return len(clusters)
+
+
 def _environ_restorer() -> Callable[[], None]:
     """Undo what nannies write into this process's environment before spawning workers
     (``OMP_NUM_THREADS=1``, malloc settings, ``PYTHONHASHSEED``): left there, they would reach
@@ -240,7 +279,7 @@ def _check_workers(client: Any, config: PredictConfig, device: str) -> tuple[str
 
 
 def predict_on_cluster(
-    config: PredictConfig, stop: threading.Event | None = None
+    config: PredictConfig, stop: threading.Event | None = None, keep_warm: bool = False
 ) -> Generator[Any, None, PredictFinished]:
     """Predict as ``config`` says on a dask cluster, yielding the events of ``predict``.
 
@@ -255,6 +294,10 @@ def predict_on_cluster(
     far, as ``predict`` counts them) and ChunkDone (read back from the output, unless
     ``config.chunk_events`` is off), and
     PredictFinished last, which is also the return value.
+
+    ``keep_warm`` (the GUI's choice) leaves a local cluster running after the run, for the
+    next run with the same workers (no spawn, imports or model load again): see
+    :func:`close_warm_clusters`.
     """
     stop = stop or threading.Event()
     job = _plan(_absolute(config))
@@ -262,7 +305,7 @@ def predict_on_cluster(
         # this client holds the output's lock while workers write it: a second run is refused
         resources.enter_context(OutputLock(job.config.out, "prediction"))
         root = prepare_output(job)
-        client, pinned = _open_cluster(resources, job.config)
+        client, pinned = _open_cluster(resources, job.config, keep_warm)
         seconds, tiles = yield from _run(client, job, root, pinned, stop)
     stopped = len(job.pending(done_flags(root))) > 0
     rate = tiles / max(seconds, 1e-9)
@@ -271,15 +314,22 @@ def predict_on_cluster(
     return result
 
 
-def _open_cluster(resources: contextlib.ExitStack, config: PredictConfig) -> tuple[Any, bool]:
-    """A client of the scheduler, or of a new local cluster; both close with ``resources``.
-    Also says whether workers were pinned to GPUs."""
+def _open_cluster(
+    resources: contextlib.ExitStack, config: PredictConfig, keep_warm: bool = False
+) -> tuple[Any, bool]:
+    """A client of the scheduler, or of a local cluster (new, or a warm one with
+    ``keep_warm``); the client and a new cluster close with ``resources``. Also says whether
+    workers were pinned to GPUs."""
     scheduler = config.scheduler
     gpus = visible_gpus() if scheduler is None and _uses_cuda(config) else ()
     if scheduler is None:
         resources.callback(_environ_restorer())
-    target = scheduler if scheduler is not None else _start_local(config.workers, gpus)
-    if scheduler is None:
+    if scheduler is not None:
+        target = scheduler
+    elif keep_warm:
+        target = _warm_local(config.workers, gpus)
+    else:
+        target = _start_local(config.workers, gpus)
         resources.callback(target.close)
     client = _connect(target)
     resources.callback(client.close)

@@ -24,13 +24,14 @@ CHILD_TARGET = "napari_inkdetect.inference:predict"
 
 
 def predict(
-    config: PredictConfig, stop: threading.Event | None = None
+    config: PredictConfig, stop: threading.Event | None = None, *, keep_cluster: bool = False
 ) -> Generator[Any, None, PredictFinished]:
     """Predict as ``config`` says, yielding events; a set ``stop`` ends the run after the
     current batch (on a cluster: cancels queued chunks), keeping every finished chunk on disk.
 
     ``config.in_child`` runs it in a spawned process (the GUI's interpreter stays free, GPU
     memory is returned when it ends); ``workers``/``scheduler`` on a dask cluster.
+    ``keep_cluster``: a local cluster (``workers``) stays up for the next run (the GUI's).
     """
     if config.in_child:
         return (yield from run_in_child(CHILD_TARGET, config.with_(in_child=False), stop))
@@ -38,5 +39,5 @@ def predict(
         # imported here: dask.distributed takes a second to import, which no local run needs
         from napari_inkdetect.inference.cluster import predict_on_cluster
 
-        return (yield from predict_on_cluster(config, stop))
+        return (yield from predict_on_cluster(config, stop, keep_warm=keep_cluster))
     return (yield from run_here(config, stop))
