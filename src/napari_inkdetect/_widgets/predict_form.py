@@ -346,7 +346,8 @@ class PredictForm(QWidget):
         val = names_with_role(labels, VALIDATION, segment)  # held out: the honest score
         fallback = names_with_role(labels, TRUTH, segment)  # dense, but trained letters too
         fallback += [n for n in loose if "validation" in n] + [n for n in loose if "truth" in n]
-        fill_names(self.shapes_combo, shapes, shapes[-1:])
+        own = [x.name for x in layers if isinstance(x, Shapes) and not is_derived(x)]
+        fill_names(self.shapes_combo, shapes, own[-1:] or shapes[-1:])  # the user's own first
         LayerChoice.of(self.val_combo).fill(
             [NO_LABELS, *(x.name for x in labels)], [*val, *fallback, NO_LABELS], keep=val
         )
