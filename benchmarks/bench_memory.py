@@ -1,6 +1,7 @@
 """Memory benchmark: predicting a whole scroll-sized segment keeps peak RSS flat (issue 14).
 
-Run: ``python benchmarks/bench_memory.py [--sizes 2048,8192,20000] [--layers 65] [--quick]``.
+Run: ``python benchmarks/bench_memory.py [--sizes 2048,8192,20000] [--layers 65] [--quick]
+[--train]``.
 
 A logical ``layers`` x 20000 x 20000 uint16 segment is written as sparse TIFF layers (headers
 and holes: it costs almost no disk, reads as zeros with a few real rows). Square regions of
@@ -9,6 +10,7 @@ returns zeros (``--null-model``, the default here: the model's own memory is not
 measures), at the CLI's default chunk and batch. Printed: peak RSS per region and the ratio of
 the largest to the smallest. Target: ratio <= 1.25 (only chunk-local accumulators and bounded
 prefetch queues, never the region). ``--real-model`` runs the tiny resnet10 x0.125 instead.
+``--train``: the peak RSS of a few training steps on segments of each size (sparse labels).
 """
 
 from __future__ import annotations
@@ -93,18 +95,65 @@ def run_region(segment: Path, ckpt: Path, size: int, null_model: bool) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def train_child(config_json: str) -> None:
+    """Train in this fresh interpreter and print its peak RSS (MB) and seconds."""
+    from napari_inkdetect.training import TrainConfig, train
+
+    started = time.perf_counter()
+    drain(train(TrainConfig.from_dict(json.loads(config_json))))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak_mb, "seconds": time.perf_counter() - started}))
+
+
+def train_on_size(folder: Path, layers: int, side: int) -> dict:
+    """Peak RSS of a few training steps on a ``side``^2 sparse segment with sparse labels
+    (a few painted strokes), tiny model, default batch: what grows with the segment."""
+    from PIL import Image
+
+    from napari_inkdetect.training import TrainConfig
+
+    segment = make_sparse_segment(folder / f"train{side}", layers, side)
+    labels = np.zeros((side, side), np.uint8)
+    labels[100:140, 100:400] = 1
+    labels[300:340, 100:400] = 2
+    Image.fromarray(labels).save(segment / "labels.png")
+    del labels
+    config = TrainConfig(
+        segment=str(segment), labels=str(segment / "labels.png"), out=str(segment / "run"),
+        arch="resnet10", width=0.125, tile=64, batch_size=2, steps=4, val_fraction=0.0,
+        val_every=10**9, device="cpu", autocast="off", start_layer=0, layers=22,
+    )  # fmt: skip
+    cmd = [sys.executable, __file__, "--train-child", json.dumps(config.to_dict())]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="2048,8192,20000", help="region sides, px")
     parser.add_argument("--layers", type=int, default=65)
     parser.add_argument("--real-model", action="store_true", help="resnet10 x0.125, not null")
     parser.add_argument("--quick", action="store_true", help="sizes 1024,4096 on 26 layers")
+    parser.add_argument("--train", action="store_true", help="training's peak RSS instead")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child, not args.real_model)
+    if args.train_child:
+        return train_child(args.train_child)
     sizes = [1024, 4096] if args.quick else [int(s) for s in args.sizes.split(",")]
     layers = 26 if args.quick else args.layers
+    if args.train:
+        with tempfile.TemporaryDirectory(prefix="bench-memory-train-") as tmp:
+            trained = {size: train_on_size(Path(tmp), layers, size) for size in sizes}
+        print(f"training, {layers}-layer sparse segments, sparse labels, resnet10 x0.125, "
+              "tile 64, batch 2, 4 steps, CPU")  # fmt: skip
+        for size, r in trained.items():
+            print(f"segment {size:>6}^2  peak RSS {r['peak_mb']:8.1f} MB  {r['seconds']:7.1f} s")
+        ratio = trained[sizes[-1]]["peak_mb"] / trained[sizes[0]]["peak_mb"]
+        print(f"RSS ratio {sizes[-1]}^2 / {sizes[0]}^2: {ratio:.3f}  (target <= {TARGET})")
+        return None
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         folder = Path(tmp)
         segment = make_sparse_segment(folder, layers, max(sizes))
