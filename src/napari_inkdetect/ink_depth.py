@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_inkdetect.errors import ConfigError, LabelsError
-from napari_inkdetect.io.labels import INK, NOT_INK, check_shape, validate_values
+from napari_inkdetect.io.labels import INK, NOT_INK, check_shape, validate_values, value_counts
 from napari_inkdetect.windows import window_centre
 
 __all__ = [
@@ -404,7 +404,7 @@ def estimate_ink_depth(
         check_shape(labels, yx, "labels")
         if labels.size and (labels.min() < 0 or labels.max() > NOT_INK):  # np.unique is slow
             validate_values(labels, "labels")
-        counts = np.bincount(labels.ravel(), minlength=3)
+        counts = value_counts(labels)
         if min(counts[INK], counts[NOT_INK]) >= MIN_PER_CLASS:
             try:
                 profile = profile_from_labels(volume, labels, mask, max_pixels)

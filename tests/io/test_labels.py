@@ -194,3 +194,15 @@ def test_dense_boxes_round_trip_through_the_villa_pair(tmp_path, strokes):
     train, val = read_villa_labels(paths)
     np.testing.assert_array_equal(train, filled)
     assert val is None
+
+
+def test_value_counts_matches_bincount_blockwise():
+    from napari_inkdetect.io.labels import value_counts
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (1031, 77)).astype(np.uint8)
+    np.testing.assert_array_equal(value_counts(labels, rows=100), np.bincount(labels.ravel()))
+    labels[5, 5] = 9  # a value past minlength widens the counts
+    counts = value_counts(labels, rows=64)
+    assert counts.size == 10 and counts[9] == 1 and counts.sum() == labels.size
+    assert value_counts(np.zeros((0, 4), np.uint8)).tolist() == [0, 0, 0]

@@ -116,9 +116,24 @@ def validate_values(labels: np.ndarray, where: Path | str) -> None:
         )
 
 
+def value_counts(labels: np.ndarray, minlength: int = 3, rows: int = 512) -> np.ndarray:
+    """``np.bincount(labels.ravel(), minlength)`` in blocks of ``rows`` rows: bincount casts
+    its input to int64, so one call on a 20k x 20k label image allocates 3.2 GB (measured: a
+    144 MB image peaked at 1.1 GB); a block at a time allocates a few MB."""
+    labels = np.asarray(labels)
+    flat = labels.reshape(-1, labels.shape[-1]) if labels.ndim > 1 else labels.reshape(1, -1)
+    counts = np.zeros(minlength, np.int64)
+    for y in range(0, flat.shape[0], rows):
+        block = np.bincount(flat[y : y + rows].ravel(), minlength=minlength)
+        if block.size > counts.size:
+            counts = np.pad(counts, (0, block.size - counts.size))
+        counts[: block.size] += block
+    return counts
+
+
 def label_counts(labels: np.ndarray) -> dict[str, int]:
     """Pixel counts per class, for progress displays and for class weights."""
-    counts = np.bincount(np.asarray(labels).ravel(), minlength=3)
+    counts = value_counts(labels)
     return {LABEL_NAMES[i]: int(counts[i]) for i in (INK, NOT_INK)}
 
 

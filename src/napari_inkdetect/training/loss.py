@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_inkdetect.io.labels import INK, NOT_INK
+from napari_inkdetect.io.labels import INK, NOT_INK, value_counts
 
 IGNORE = -100
 
@@ -21,7 +21,7 @@ def to_targets(labels: torch.Tensor) -> torch.Tensor:
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
     """Inverse-frequency weights ``[not ink, ink]`` (mean 1), for unbalanced paintings."""
-    counts = np.bincount(np.asarray(labels).ravel(), minlength=3).astype(np.float64)
+    counts = value_counts(labels).astype(np.float64)
     freq = np.array([counts[NOT_INK], counts[INK]]) / max(counts[1:].sum(), 1)
     weights = 1.0 / np.maximum(freq, 1e-6)
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)

@@ -15,7 +15,7 @@ from torch import nn
 
 from napari_inkdetect.errors import ConfigError, LabelsError
 from napari_inkdetect.io.digest import file_sha256
-from napari_inkdetect.io.labels import INK, NOT_INK
+from napari_inkdetect.io.labels import INK, NOT_INK, value_counts
 from napari_inkdetect.io.segment import open_segment, read_segment_labels
 from napari_inkdetect.models import (
     InkDetector,
@@ -50,7 +50,7 @@ from napari_inkdetect.windows import (
 
 def _read_labels(segment: Any, path: str) -> np.ndarray:
     labels = read_segment_labels(segment, Path(path))
-    counts = np.bincount(labels.ravel(), minlength=3)
+    counts = value_counts(labels)
     for cls, name in ((INK, "ink (1)"), (NOT_INK, "not-ink (2)")):
         if counts[cls] == 0:
             raise LabelsError(
