@@ -86,3 +86,18 @@ def test_auto_lr_from_a_checkpoint_resolves_to_the_pretrained_lr(dock, tmp_path,
     assert any("lr 3e-05" in n and "trained ink model" in n for n in started[0].notes)
     assert dock.lr_spin.text() == f"{AUTO_LR} (3e-05)"  # the resolved value, shown
     assert dock.build_config().lr is None and dock.lr_spin.text() == AUTO_LR
+
+
+def test_the_crackle_starter_choice_trains_from_the_verified_bundled_file(dock):
+    from napari_inkdetect.models.starter import STARTER_SHA256, starter_path, verify_starter
+
+    dock.device_combo.setCurrentText("cpu")
+    dock.width_spin.setValue(1.0)  # the starter's own sizes win over the new-model fields
+    dock.starter_radio.setChecked(True)
+    assert not dock.checkpoint_edit.isEnabled() and not dock.width_spin.isEnabled()
+    config = dock.build_config()
+    assert config.init == str(starter_path()) == str(verify_starter(expected=STARTER_SHA256))
+    cpu = PRESETS["cpu"]
+    assert (config.arch, config.width, config.tile) == (cpu.arch, cpu.width, cpu.tile)
+    resolved, _ = resolve_init_settings(config, 7.91)
+    assert resolved.lr == 3e-5  # finetuning a trained ink model, as the core presets say

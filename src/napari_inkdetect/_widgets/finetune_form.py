@@ -14,8 +14,8 @@ appears in Advanced by itself. The documented exceptions, hand-built:
 * :data:`HAND_BUILT` (one control, one field, but the choices are not the field's): the
   architecture (``arch``), the trained parts (``train``) and the device (``device``);
 * :data:`NOT_IN_FORM` (set from something else): the volume, labels and validation layers
-  (``segment``, ``labels``, ``val_labels``), the run folder (``out``), New / Checkpoint
-  (``init``), the window centre that follows the depth slider (``start_layer``) and
+  (``segment``, ``labels``, ``val_labels``), the run folder (``out``), New / Checkpoint /
+  Crackle starter (``init``), the window centre that follows the depth slider (``start_layer``) and
   "Preview every" (``save_every``);
 * kept off every form by the config itself (``Option.form=False``): ``in_child``, ``resume``,
   ``sync_batchnorm``.
@@ -84,11 +84,12 @@ from napari_inkdetect.devices import available_devices
 from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.io.labels import write_labels
 from napari_inkdetect.models import list_models
+from napari_inkdetect.models.starter import starter_path
 from napari_inkdetect.runs import DEFAULT_RUNS, new_run_dir
 from napari_inkdetect.training import TrainConfig
 from napari_inkdetect.training.config import WINDOW_DEFAULTS
 from napari_inkdetect.training.preflight import check_labels
-from napari_inkdetect.training.presets import pick_preset
+from napari_inkdetect.training.presets import PRESETS, pick_preset
 
 if TYPE_CHECKING:
     import napari
@@ -103,7 +104,7 @@ NOT_IN_FORM: dict[str, str] = {
     "labels": "the labels layer chosen above, saved into the run folder",
     "val_labels": "the validation layer chosen above (none: an automatic split)",
     "out": "a new <segment>-<time> folder in the run folder (Advanced)",
-    "init": "Model: New (none) or Checkpoint and its file",
+    "init": "Model: New (none), Checkpoint and its file, or the bundled Crackle starter",
     "start_layer": "the window centre, which follows the depth slider: centre - layers // 2",
     "save_every": "Preview every (Advanced): each preview saves the model so far",
 }
@@ -150,6 +151,7 @@ class FinetuneForm(QWidget):
         layers.removed.connect(self._refresh_layers)
         self.volume_combo.currentIndexChanged.connect(self.window_centre.refit)
         self.new_radio.toggled.connect(self._on_model_source_changed)
+        self.starter_radio.toggled.connect(self._on_model_source_changed)
         self.browse_checkpoint.clicked.connect(self._choose_checkpoint)
 
     def config_fields(self) -> dict[str, Any]:
@@ -170,6 +172,7 @@ class FinetuneForm(QWidget):
             "device": self.device_combo,
             "new_model": self.new_radio,
             "from_checkpoint": self.checkpoint_radio,
+            "from_starter": self.starter_radio,
             "checkpoint": self.checkpoint_edit,
             "arch": self.arch_combo,
             "width": self.width_spin,
@@ -237,10 +240,16 @@ class FinetuneForm(QWidget):
         self.checkpoint_radio.setToolTip(
             "start from a file: a Kinetics-pretrained encoder, a Kaggle ink model or a run's"
         )
+        self.starter_radio = QRadioButton("Crackle starter (bundled)")
+        self.starter_radio.setToolTip(
+            "start from the 1/8-width resnet10 shipped with the plugin, pretrained on varied "
+            "synthetic crackle (128 px tiles, 22 layers; nothing is downloaded)"
+        )
         self.new_radio.setChecked(True)
         self._model_group = QButtonGroup(self)
         self._model_group.addButton(self.new_radio)
         self._model_group.addButton(self.checkpoint_radio)
+        self._model_group.addButton(self.starter_radio)
         self.arch_combo = combo(list_models(), "resnet10")
         self.arch_combo.setToolTip("a new model's 3D ResNet encoder (deeper: slower, stronger)")
         self.width_spin = self.fields["width"].native
@@ -257,6 +266,7 @@ class FinetuneForm(QWidget):
             (
                 ("Model", hbox(*new, grow=new[1:2])),
                 ("", hbox(*start, grow=start[1:2])),
+                ("", self.starter_radio),
                 ("", self.continue_button),
             ),
         )
@@ -413,11 +423,11 @@ class FinetuneForm(QWidget):
         return self.window_centre.start()
 
     def _on_model_source_changed(self, *_: Any) -> None:
-        new = self.new_radio.isChecked()
+        new, from_file = self.new_radio.isChecked(), self.checkpoint_radio.isChecked()
         self.arch_combo.setEnabled(new)
         self.width_spin.setEnabled(new)
-        self.checkpoint_edit.setEnabled(not new)
-        self.browse_checkpoint.setEnabled(not new)
+        self.checkpoint_edit.setEnabled(from_file)
+        self.browse_checkpoint.setEnabled(from_file)
 
     def _choose_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Start from checkpoint", "", CHECKPOINT_FILTER)
@@ -446,7 +456,11 @@ class FinetuneForm(QWidget):
         values = self._field_values()  # a refused text before any folder is made
         run_dir = new_run_dir(self._runs_root(), volume.metadata.get("segment_id") or volume.name)
         val = chosen_layer(self.viewer, self.val_combo)
-        new_model = self.new_radio.isChecked()
+        new_model, starter = self.new_radio.isChecked(), self.starter_radio.isChecked()
+        init = None if new_model else (self.checkpoint_edit.text().strip() or None)
+        if starter:  # the CPU preset's model and tile (checksum verified before use)
+            init, cpu = str(starter_path()), PRESETS["cpu"]
+            values = {**values, "width": cpu.width, "tile": cpu.tile}
         return TrainConfig(
             segment=str(segment),
             labels=str(_save_labels(labels, run_dir / "train_labels.png")),
@@ -454,8 +468,8 @@ class FinetuneForm(QWidget):
             val_labels=str(_save_labels(val, run_dir / "validation_labels.png"))
             if val is not None
             else None,
-            init=None if new_model else (self.checkpoint_edit.text().strip() or None),
-            arch=self.arch_combo.currentText(),
+            init=init,
+            arch=PRESETS["cpu"].arch if starter else self.arch_combo.currentText(),
             start_layer=self.window_start(),
             train=self.train_combo.currentText(),
             device=self.device_combo.currentText(),
