@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from napari_inkdetect.errors import ConfigError
-from napari_inkdetect.io.prediction_store import open_prediction, prediction_threshold
+from napari_inkdetect.io.prediction_store import decode, open_prediction, prediction_threshold
 from napari_inkdetect.windows import window_centre
 
 __all__ = [
@@ -101,13 +101,7 @@ class StoredPrediction:
         n = self.shape[0]
         chunks = tuple(int(c) for c in self.prob.chunks)
         array = da.from_zarr(self.prob, chunks=(n, chunks[1], chunks[2]))
-        return array.map_blocks(_decode, dtype=np.float32)
-
-
-def _decode(block: np.ndarray) -> np.ndarray:
-    if block.dtype == np.uint8:
-        return block.astype(np.float32) / np.float32(255.0)
-    return block.astype(np.float32)
+        return array.map_blocks(decode, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- depth
@@ -136,7 +130,7 @@ def depth_profile(
     (segment pixels ``y0, x0, y1, x1``; default the whole prediction). Pixels where every
     plane is 0 are off the mask (the engine writes 0 there) and are not counted."""
     y0, x0, y1, x1 = _in_prediction(prediction, box)
-    block = _decode(np.asarray(prediction.prob[:, y0:y1, x0:x1]))
+    block = decode(np.asarray(prediction.prob[:, y0:y1, x0:x1]))
     inside = block.any(axis=0)
     if not inside.any():
         return prediction.centre_layers, np.zeros(len(prediction.start_layers))

@@ -10,6 +10,7 @@ and a click that takes the user there with the labels layer selected, ready to p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,12 +84,18 @@ class LookNextPanel(QCollapsible):
     """A collapsible section: choose a prediction layer, then add its depth map or its
     uncertainty, or rank boxes to label next and jump to them."""
 
-    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        parent: QWidget | None = None,
+        threshold: Callable[[], float | None] | None = None,
+    ) -> None:
         super().__init__("Where to look next", parent)
         self.findChild(QPushButton).setToolTip(  # its toggle, the only button yet
             "the ink depth map, the uncertainty of a prediction, and boxes to label next"
         )
         self.viewer = viewer
+        self.threshold = threshold or (lambda: None)  # the dock's slider, when there is one
         self.suggestions: list[Suggestion] = []
         self.worker: Any = None
         body = QWidget()
@@ -313,11 +320,9 @@ class LookNextPanel(QCollapsible):
         )
 
     def _threshold(self, layer: Image, prediction: StoredPrediction) -> float:
-        dock = self.parent()
-        while dock is not None and not hasattr(dock, "threshold"):
-            dock = dock.parent()
-        value = getattr(dock, "threshold", None)  # the Predict dock's slider
-        return float(value) if isinstance(value, float) and 0 < value < 1 else prediction.threshold
+        """The dock's threshold, else the prediction's calibrated one."""
+        value = self.threshold()
+        return float(value) if value is not None and 0 < value < 1 else prediction.threshold
 
     def _replace(self, name: str, data: Any, kwargs: dict[str, Any]) -> Image:
         if name in self.viewer.layers:

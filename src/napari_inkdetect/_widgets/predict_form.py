@@ -204,7 +204,7 @@ class PredictForm(QWidget):
         layout.addLayout(self._display_form())
         self.profile_plot = ProfilePlot()
         layout.addWidget(self.profile_plot)
-        self.look_next = LookNextPanel(self.viewer, self)
+        self.look_next = LookNextPanel(self.viewer, self, threshold=lambda: self.threshold)
         layout.addWidget(self.look_next)
         layout.addStretch(1)
 

@@ -36,6 +36,7 @@ __all__ = [
     "PROB",
     "calibrated_threshold",
     "create_store",
+    "decode",
     "done_flags",
     "encode",
     "is_prediction",
@@ -76,6 +77,14 @@ def encode(prob: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "uint8":
         return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
     return prob.astype(np.float16)
+
+
+def decode(stored: np.ndarray) -> np.ndarray:
+    """Stored probabilities (uint8 = p x 255, or float16; numpy or dask) as float32 in 0..1:
+    the inverse of :func:`encode`, for readers that compute on them."""
+    if stored.dtype == np.uint8:
+        return stored.astype(np.float32) / np.float32(255.0)
+    return stored.astype(np.float32)
 
 
 def as_uint8(plane: np.ndarray) -> np.ndarray:

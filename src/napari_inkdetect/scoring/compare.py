@@ -18,7 +18,7 @@ import numpy as np
 
 from napari_inkdetect.errors import ConfigError, LabelsError
 from napari_inkdetect.io.labels import check_shape, read_labels, read_mask
-from napari_inkdetect.io.prediction_store import open_prediction, prediction_threshold
+from napari_inkdetect.io.prediction_store import decode, open_prediction, prediction_threshold
 from napari_inkdetect.scoring.evaluation import CALIBRATED, DEFAULT, DEFAULT_THRESHOLD, GIVEN
 from napari_inkdetect.scoring.metrics import score
 
@@ -206,9 +206,7 @@ def _planes(prob: Any, prov: dict[str, Any], box: Box, index: list[int]) -> Any:
     planes = da.from_zarr(prob)[:, y0 - ry : y1 - ry, x0 - rx : x1 - rx]
     if index != list(range(prob.shape[0])):
         planes = planes[index]
-    if prob.dtype == np.uint8:
-        return planes.astype(np.float32) / np.float32(255.0)
-    return planes.astype(np.float32)
+    return decode(planes)
 
 
 def _threshold(prov: dict[str, Any], given: float | None) -> dict[str, Any]:
