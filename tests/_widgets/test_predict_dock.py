@@ -3,6 +3,7 @@ zarr on disk, threshold outline and live scores, follow-the-view, restore, stop 
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from napari_inkdetect._widgets._runs import session
 from napari_inkdetect._widgets.predict_dock import PredictWidget
 from napari_inkdetect._widgets.prediction_overlay import camera_of
 from napari_inkdetect.engine import drain
-from napari_inkdetect.inference import ChunkDone, PredictStarted, predict
+from napari_inkdetect.inference import ChunkDone, ClusterReady, PredictStarted, predict
 from napari_inkdetect.io.prediction_store import open_prediction
 from napari_inkdetect.models import InkDetector, save_checkpoint
 from napari_inkdetect.postprocess import plane_scores, threshold_mask
@@ -298,13 +299,17 @@ def test_local_workers_stream_into_the_same_overlay(dock, viewer, qtbot, tmp_pat
     assert "dask workers" in next(e for e in events if isinstance(e, PredictStarted)).device
     assert len([e for e in events if isinstance(e, ChunkDone)]) > 1
     assert dock.runner.finished is not None and not dock.runner.finished.stopped
-
-    pass
-
     reference = drain(predict(config.with_(out=str(tmp_path / "one-process.zarr")))).path
     np.testing.assert_array_equal(
         np.asarray(dock.overlay().data), np.asarray(open_prediction(reference)[0])
     )
+    # the second run finds the same workers up (no spawn, no imports, the model loaded)
+    first = next(e for e in events if isinstance(e, ClusterReady))
+    again = run(dock, qtbot, config.with_(out=str(tmp_path / "again.zarr")))
+    assert next(e for e in again if isinstance(e, ClusterReady)).address == first.address
+    assert multiprocessing.active_children()  # still up while the dock is open
+    viewer.close()  # the dock goes with it, and its idle cluster with the dock
+    qtbot.waitUntil(lambda: not multiprocessing.active_children(), timeout=30_000)
 
 
 def test_large_predictions_are_multiscale_overlays(dock, viewer, qtbot, monkeypatch):

@@ -217,6 +217,13 @@ class RunController(QObject):
         """False once the owner is gone: late events are dropped."""
         return self._state.alive
 
+    def owner_open(self) -> Callable[[], bool]:
+        """A plain callable, safe from any thread and after the owner is destroyed: whether
+        the owner still hears the run (not destroyed, not taken out of the window during it;
+        a run asks when it ends, e.g. whether to keep its cluster for the next one)."""
+        state = self._state
+        return lambda: state.alive and not state.gone
+
     @property
     def stop_requested(self) -> bool:
         """Whether the running run was asked to stop."""

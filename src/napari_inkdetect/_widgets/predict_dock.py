@@ -18,6 +18,8 @@ disk, and where it goes. ``config_fields()`` maps each config field to its widge
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +42,14 @@ from napari_inkdetect._widgets.predict_form import (
 )
 from napari_inkdetect._widgets.prediction_overlay import PredictionRunner, camera_of
 from napari_inkdetect.errors import InkDetectError
-from napari_inkdetect.inference import BatchDone, PredictConfig, PredictFinished, PredictStarted
+from napari_inkdetect.inference import (
+    BatchDone,
+    ClusterReady,
+    PredictConfig,
+    PredictFinished,
+    PredictStarted,
+    predict,
+)
 from napari_inkdetect.models.checkpoints import recommended_threshold
 from napari_inkdetect.postprocess import plane_centres, plane_scores, threshold_mask
 
@@ -62,6 +71,14 @@ def run_place(run_on: str, workers: int, address: str) -> dict[str, Any]:
     if not address.strip():
         raise InkDetectError("give the scheduler's address (tcp://host:8786)")
     return {"scheduler": address.strip()}
+
+
+def _close_idle_clusters(*_: Any) -> None:
+    """A Predict dock is gone: close the local clusters no run uses (only if one was ever
+    started: distributed takes a second to import)."""
+    cluster = sys.modules.get("napari_inkdetect.inference.cluster")
+    if cluster is not None:
+        cluster.close_warm_clusters(idle_only=True)
 
 
 def _single_shot(parent: PredictWidget, slot: Any) -> QTimer:
@@ -102,6 +119,10 @@ class PredictWidget(PredictForm):
         if self.session.last_checkpoint is not None:
             self._on_checkpoint_finetuned(self.session.last_checkpoint)
         self._connect()
+        # local workers stay up between runs (the second run pays no start-up) while the
+        # dock is open; idle ones close with it, a running one when its run ends
+        self._predict = functools.partial(predict, keep_cluster=self.runner.run.owner_open())
+        self.destroyed.connect(_close_idle_clusters)
         self.settings = DockSettings(self, "predict", self._kept_controls())
         self._restore_checkpoint()
         make_scrollable(self)  # last: a short dock whatever the form's height
@@ -191,7 +212,7 @@ class PredictWidget(PredictForm):
             )
             config = config.with_(**place) if place else config
             volume = chosen_layer(self.viewer, self.volume_combo)
-            worker = self.runner.start(config, volume)
+            worker = self.runner.start(config, volume, source=self._predict)
         except InkDetectError as exc:
             show_error(str(exc), self.status_label)
             return None
@@ -245,6 +266,13 @@ class PredictWidget(PredictForm):
             )
             self._threshold_from_overlay()
             self._on_slider_moved()
+        elif isinstance(event, ClusterReady):
+            where = "local" if event.local else "the cluster's"
+            self.status_label.setText(
+                f"{self.status_label.text()}; {event.workers} {where} dask workers at "
+                f"{event.address}"
+            )
+            return
         elif isinstance(event, BatchDone):
             self._last_batch = event
             self._batch_throttle.request()

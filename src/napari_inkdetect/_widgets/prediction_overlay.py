@@ -31,6 +31,7 @@ from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.inference import (
     BatchDone,
     ChunkDone,
+    ClusterReady,
     PredictConfig,
     PredictFinished,
     PredictStarted,
@@ -283,7 +284,7 @@ class PredictionRunner(RunOwner, QObject):
             self.finished = event
             self.refresh(all_layers=True)
         if self.on_event is not None and isinstance(
-            event, PredictStarted | BatchDone | ChunkDone | PredictFinished
+            event, PredictStarted | ClusterReady | BatchDone | ChunkDone | PredictFinished
         ):
             self.on_event(event)
 

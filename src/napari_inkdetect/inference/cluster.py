@@ -158,32 +158,48 @@ def _start_local(workers: int | None, gpus: tuple[str, ...]) -> Any:
     )  # fmt: skip
 
 
-#: Local clusters left running between runs by ``keep_warm``, by (workers, GPUs)
+#: Local clusters left running between runs by ``keep_warm``, by (workers, GPUs), and how
+#: many runs use each now (an idle one may be closed; one in use only by its last run).
 _WARM: dict[tuple[int | None, tuple[str, ...]], Any] = {}
+_USERS: dict[tuple[int | None, tuple[str, ...]], int] = {}
 _WARM_LOCK = threading.Lock()
+KeepWarm = bool | Callable[[], bool]
 
 
-def _warm_local(workers: int | None, gpus: tuple[str, ...]) -> Any:
-    """The running local cluster for these workers, started on first use. Measured start-up
-    on 2 busy cores: 5.6 s of spawning, imports and nannies that a second run skips (and
-    its workers keep the model loaded, in their job cache)."""
-    key = (workers, gpus)
+def _warm_local(key: tuple[int | None, tuple[str, ...]]) -> Any:
+    """The running local cluster for these (workers, GPUs), started on first use, counted as
+    used until :func:`_release_warm`. Measured start-up on 2 busy cores: 5.6 s of spawning,
+    imports and nannies that a second run skips (and its workers keep the model loaded, in
+    their job cache)."""
     with _WARM_LOCK:
         cluster = _WARM.get(key)
-        if cluster is not None and getattr(cluster.status, "name", "") == "running":
-            return cluster
-        if not _WARM:
-            atexit.register(close_warm_clusters)
-        cluster = _WARM[key] = _start_local(workers, gpus)
+        if cluster is None or getattr(cluster.status, "name", "") != "running":
+            if not _WARM:
+                atexit.register(close_warm_clusters)
+            cluster = _WARM[key] = _start_local(*key)
+        _USERS[key] = _USERS.get(key, 0) + 1
         return cluster
 
 
-def close_warm_clusters() -> int:
-    """Close every local cluster ``keep_warm`` left running (napari closing, a dock removed);
-    returns how many were closed."""
+def _release_warm(key: tuple[int | None, tuple[str, ...]], keep: KeepWarm) -> None:
+    """A run is done with its warm cluster: close it when ``keep`` (called now if callable:
+    e.g. "the dock is still there") says no and no other run uses it."""
+    still = keep() if callable(keep) else bool(keep)
     with _WARM_LOCK:
-        clusters = list(_WARM.values())
-        _WARM.clear()
+        _USERS[key] = max(0, _USERS.get(key, 1) - 1)
+        cluster = None if still or _USERS[key] else _WARM.pop(key, None)
+    if cluster is not None:
+        with contextlib.suppress(Exception):  # already gone: nothing left to close
+            cluster.close()
+
+
+def close_warm_clusters(idle_only: bool = False) -> int:
+    """Close every local cluster ``keep_warm`` left running (napari closing, a dock removed;
+    ``idle_only``: only those no run uses now, the others close when their run ends if it was
+    told not to keep them); returns how many were closed."""
+    with _WARM_LOCK:
+        keys = [k for k in _WARM if not (idle_only and _USERS.get(k, 0))]
+        clusters = [_WARM.pop(k) for k in keys]
     for cluster in clusters:
         with contextlib.suppress(Exception):  # already gone: nothing left to close
             cluster.close()
@@ -279,7 +295,7 @@ def _check_workers(client: Any, config: PredictConfig, device: str) -> tuple[str
 
 
 def predict_on_cluster(
-    config: PredictConfig, stop: threading.Event | None = None, keep_warm: bool = False
+    config: PredictConfig, stop: threading.Event | None = None, keep_warm: KeepWarm = False
 ) -> Generator[Any, None, PredictFinished]:
     """Predict as ``config`` says on a dask cluster, yielding the events of ``predict``.
 
@@ -297,7 +313,8 @@ def predict_on_cluster(
 
     ``keep_warm`` (the GUI's choice) leaves a local cluster running after the run, for the
     next run with the same workers (no spawn, imports or model load again): see
-    :func:`close_warm_clusters`.
+    :func:`close_warm_clusters`. A callable is asked when the run ends (the dock passes
+    "am I still open?": a run that outlives its viewer closes its cluster).
     """
     stop = stop or threading.Event()
     job = _plan(_absolute(config))
@@ -315,7 +332,7 @@ def predict_on_cluster(
 
 
 def _open_cluster(
-    resources: contextlib.ExitStack, config: PredictConfig, keep_warm: bool = False
+    resources: contextlib.ExitStack, config: PredictConfig, keep_warm: KeepWarm = False
 ) -> tuple[Any, bool]:
     """A client of the scheduler, or of a local cluster (new, or a warm one with
     ``keep_warm``); the client and a new cluster close with ``resources``. Also says whether
@@ -327,7 +344,9 @@ def _open_cluster(
     if scheduler is not None:
         target = scheduler
     elif keep_warm:
-        target = _warm_local(config.workers, gpus)
+        key = (config.workers, gpus)
+        target = _warm_local(key)
+        resources.callback(_release_warm, key, keep_warm)  # after the client's close
     else:
         target = _start_local(config.workers, gpus)
         resources.callback(target.close)

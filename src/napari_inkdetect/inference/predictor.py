@@ -10,7 +10,7 @@ contract, :mod:`napari_inkdetect.engine`). Where it runs is the config's choice:
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from napari_inkdetect.inference.config import PredictConfig
@@ -24,14 +24,18 @@ CHILD_TARGET = "napari_inkdetect.inference:predict"
 
 
 def predict(
-    config: PredictConfig, stop: threading.Event | None = None, *, keep_cluster: bool = False
+    config: PredictConfig,
+    stop: threading.Event | None = None,
+    *,
+    keep_cluster: bool | Callable[[], bool] = False,
 ) -> Generator[Any, None, PredictFinished]:
     """Predict as ``config`` says, yielding events; a set ``stop`` ends the run after the
     current batch (on a cluster: cancels queued chunks), keeping every finished chunk on disk.
 
     ``config.in_child`` runs it in a spawned process (the GUI's interpreter stays free, GPU
     memory is returned when it ends); ``workers``/``scheduler`` on a dask cluster.
-    ``keep_cluster``: a local cluster (``workers``) stays up for the next run (the GUI's).
+    ``keep_cluster``: a local cluster (``workers``) stays up for the next run (the GUI's; a
+    callable is asked when the run ends).
     """
     if config.in_child:
         return (yield from run_in_child(CHILD_TARGET, config.with_(in_child=False), stop))
