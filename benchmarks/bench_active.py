@@ -1,19 +1,21 @@
 """Does "label here next" help? A simulated user on a synthetic segment with known truth.
 
     python benchmarks/bench_active.py [--quick] [--seeds 3] [--rounds 4] [--k 2] [--steps 150]
-        [--base-steps 600] [--box 128] [--out bench-active]
+        [--base-steps 600] [--box 128] [--init starter|scratch] [--crackle 1.0] [--out DIR]
 
 The user starts from 3 labelled letters (a dense box around each: the truth inside it, ink
-and not-ink, as :func:`label_box` paints every box). Round 0 trains a model from scratch on
-them. Then, for each strategy, 4 rounds: choose ``k`` boxes of ``box`` px, label them from
-the truth, finetune from the previous round's last checkpoint (``TrainConfig.init``) for the
-same steps, predict the segment again. Strategies:
+and not-ink, as :func:`label_box` paints every box). Round 0 trains on them from the CPU
+default, the bundled crackle starter (``--init scratch``: a new model). Then, for each
+strategy, 4 rounds: choose ``k`` boxes of ``box`` px, label them from the truth, finetune
+from the previous round's last checkpoint (``TrainConfig.init``) for the same steps, predict
+the segment again. Strategies:
 
 * ``next``: :func:`~napari_inkdetect.next_labels.label_here_next` on the round's prediction;
 * ``random``: boxes drawn uniformly among the allowed positions;
-* ``inky``: the boxes of highest mean predicted ink (max over the start layers), greedily.
+* ``inky``: the boxes of highest mean predicted ink (max over the start layers), greedily;
+* ``none``: the control, no new boxes, the same steps (what more training alone adds).
 
-All three choose from the same positions: on the ``box / 4`` grid that label_here_next uses,
+The three that label choose from the same positions: on the ``box / 4`` grid that label_here_next uses,
 every pixel of the box inside the *candidate mask*, none already labelled, none overlapping a
 box chosen in the same round.
 
@@ -48,6 +50,7 @@ from scipy import ndimage
 
 from napari_inkdetect.engine import drain
 from napari_inkdetect.inference import PredictConfig, predict
+from napari_inkdetect.models.starter import starter_path
 from napari_inkdetect.next_labels import label_here_next
 from napari_inkdetect.prediction_maps import StoredPrediction
 from napari_inkdetect.scoring.metrics import chance_f05, score
@@ -58,8 +61,10 @@ from napari_inkdetect.training.presets import PRESETS
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import LAYERS, threshold_baseline  # benchmarks/ is a folder of scripts
 
-STRATEGIES = ("next", "random", "inky")
-COLOURS = {"next": (214, 39, 40), "random": (31, 119, 180), "inky": (44, 160, 44)}
+STRATEGIES = ("next", "random", "inky", "none")
+COLOURS = {
+    "next": (214, 39, 40), "random": (31, 119, 180), "inky": (44, 160, 44), "none": (127, 127, 127)
+}  # fmt: skip
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (as Suggestion.box)
 
 
@@ -128,7 +133,10 @@ def choose(
     strategy: str, pred_path: Path, labels: np.ndarray, candidates: np.ndarray,
     k: int, box: int, rng: np.random.Generator, seed: int,
 ) -> list[Box]:  # fmt: skip
-    """``k`` boxes by one strategy (fewer when fewer fit)."""
+    """``k`` boxes by one strategy (fewer when fewer fit; ``none``: the control, no new
+    labels, the same steps: what the rounds' training alone adds)."""
+    if strategy == "none":
+        return []
     if strategy == "next":
         prediction = StoredPrediction.open(pred_path)
         found = label_here_next(prediction, labels, candidates, box=box, count=k, seed=seed)
@@ -165,10 +173,13 @@ def fit(
     """Train (from scratch, or finetune ``init``) for ``steps``; the last checkpoint."""
     path = out.with_suffix(".png")
     Image.fromarray(labels).save(path)
+    if init is None and args.init == "starter":
+        init = starter_path()  # the CPU default (its own model, window and tile)
     config = TrainConfig(
         segment=str(folder), labels=str(path), out=str(out), init=str(init) if init else None,
         arch=None if init else "resnet10", width=None if init else args.width,
-        start_layer=start, layers=LAYERS, tile=args.tile, scale=1.0, batch_size=args.batch,
+        start_layer=start, layers=LAYERS, tile=None if init else args.tile, scale=1.0,
+        batch_size=args.batch,
         steps=steps, lr=args.lr, freeze_batchnorm=False, val_fraction=0.0,
         val_every=10**6, augment=replace(AugmentConfig.none(), flips=True, rot90=True),
         loss=LossConfig(), device="cpu", seed=seed,
@@ -196,7 +207,10 @@ def held_f05(pred_path: Path, plane: int, held: np.ndarray) -> float:
 
 
 def run_seed(seed: int, args: argparse.Namespace, tmp: Path) -> dict:
-    seg = make_segment(shape=tuple(args.shape), seed=seed, letter_height=args.letter_height)
+    seg = make_segment(
+        shape=tuple(args.shape), seed=seed, letter_height=args.letter_height,
+        crackle_strength=args.crackle,
+    )  # fmt: skip
     folder = write_segment(seg, tmp, f"seg-{seed}")
     held, candidates, start_labels = held_out(seg, args.box)
     z0, z1 = seg.ink_layers
@@ -309,12 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--k", type=int, default=2, help="boxes labelled per round")
     p.add_argument("--steps", type=int, default=150, help="training steps per round")
-    p.add_argument("--base-steps", type=int, default=600, help="round 0 (from scratch)")
+    p.add_argument("--base-steps", type=int, default=600, help="round 0 (from --init)")
     p.add_argument("--box", type=int, default=PRESETS["cpu"].tile, help="box side (px)")
     p.add_argument("--tile", type=int, default=PRESETS["cpu"].tile, help="training tile")
     p.add_argument("--width", type=float, default=PRESETS["cpu"].width, help="model width")
     p.add_argument("--batch", type=int, default=PRESETS["cpu"].batch_size)
     p.add_argument("--lr", type=float, default=1e-3, help="every round (CPU preset: 1e-3)")
+    p.add_argument(
+        "--init", choices=("scratch", "starter"), default="starter",
+        help="round 0 starts from a new model or the bundled crackle starter (the CPU default)",
+    )  # fmt: skip
+    p.add_argument("--crackle", type=float, default=1.0, help="crackle strength (faint: 0.5)")
     p.add_argument("--shape", type=int, nargs=3, default=(40, 576, 896), metavar=("Z", "Y", "X"))
     p.add_argument("--letter-height", type=int, default=56)
     p.add_argument("--out", default="bench-active", help="folder for active.json/.png")
@@ -322,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.rounds, args.base_steps, args.steps = 1, 2, 300, 75
         args.shape, args.letter_height = (40, 448, 640), 48
-    print(f"seeds={args.seeds} rounds={args.rounds} k={args.k} steps={args.steps} "
+    print(f"init={args.init} crackle={args.crackle} seeds={args.seeds} rounds={args.rounds} "
+          f"k={args.k} steps={args.steps} "
           f"box={args.box} shape={tuple(args.shape)} letter={args.letter_height}")  # fmt: skip
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,6 +31,7 @@ from napari_inkdetect.inference import PredictConfig, predict
 from napari_inkdetect.io.labels import apply_dense_boxes
 from napari_inkdetect.io.prediction_store import open_prediction
 from napari_inkdetect.io.segment import open_segment
+from napari_inkdetect.models.starter import starter_path
 from napari_inkdetect.scoring.metrics import chance_f05, score
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import AugmentConfig, LossConfig, TrainConfig, Validated, train
@@ -94,10 +95,15 @@ def run_case(variant: str, seed: int, args: argparse.Namespace, tmp: Path) -> di
     if reverse:
         z0, z1 = seg.volume.shape[0] - z1, seg.volume.shape[0] - z0
     start = int(np.clip((z0 + z1) // 2 - LAYERS // 2, 0, seg.volume.shape[0] - LAYERS))
+    model = (  # the starter brings its own architecture, width and tile; its lr: the trainer's
+        {"init": str(starter_path()), "lr": args.lr}
+        if args.init == "starter"
+        else {"arch": "resnet10", "width": args.width, "tile": 128, "lr": args.lr or 1e-3}
+    )
     config = TrainConfig(
         segment=str(folder), labels=str(labels_path), out=str(tmp / f"run-{variant}-{seed}"),
-        arch="resnet10", width=args.width, start_layer=start, layers=LAYERS, tile=128, scale=1.0,
-        batch_size=args.batch, steps=args.steps, lr=args.lr, val_every=max(1, args.steps // 3),
+        start_layer=start, layers=LAYERS, scale=1.0, **model,
+        batch_size=args.batch, steps=args.steps, val_every=max(1, args.steps // 3),
         augment=replace(AugmentConfig.none(), flips=True, rot90=True),
         loss=LossConfig(label_smoothing=args.smoothing), device="cpu", seed=seed,
     )  # fmt: skip
@@ -147,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoothing", type=float, default=LossConfig().label_smoothing)
     p.add_argument("--steps", type=int, default=PRESETS["cpu"].steps)
     p.add_argument("--width", type=float, default=PRESETS["cpu"].width, help="model width")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (CPU preset: 1e-3)")
+    p.add_argument(
+        "--init", choices=("scratch", "starter"), default="starter",
+        help="where training starts: a new model or the bundled crackle starter (the CPU default)",
+    )  # fmt: skip
+    p.add_argument("--lr", type=float, help="learning rate (default: 1e-3, starter: its preset)")
     p.add_argument("--batch", type=int, default=PRESETS["cpu"].batch_size, help="tiles a step")
     p.add_argument("--save", help="folder for each case's probability map and labels (.npz)")
     args = p.parse_args(argv)
@@ -155,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     cols = ["held", "held@val", "val", "gap", "chance", "baseline", "background", "border_fp",
             "interior_fp", "seconds"]  # fmt: skip
-    print(f"labels={args.labels} smoothing={args.smoothing} steps={args.steps} lr={args.lr} "
-          f"batch={args.batch}")  # fmt: skip
+    print(f"init={args.init} labels={args.labels} smoothing={args.smoothing} "
+          f"steps={args.steps} lr={args.lr} batch={args.batch}")  # fmt: skip
     print(f"{'variant':14s} {'seed':>4s} " + " ".join(f"{c:>11s}" for c in cols))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

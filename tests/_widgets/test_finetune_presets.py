@@ -9,10 +9,12 @@ import torch
 
 from napari_inkdetect._widgets.finetune_dock import AUTO_LR, FinetuneWidget
 from napari_inkdetect.models import InkDetector, save_checkpoint
+from napari_inkdetect.models.starter import starter_path
 from napari_inkdetect.synthetic import make_segment, write_segment
 from napari_inkdetect.training import TrainConfig, TrainStarted
 from napari_inkdetect.training.init_settings import resolve_init_settings
 from napari_inkdetect.training.presets import PRESETS, pick_preset
+from napari_inkdetect.training.starting_point import STARTER_PRESET
 
 RUN_TIMEOUT_MS = 60_000  # a spawned child imports torch first: ~8 s on two slow cores
 SIZES = ("arch", "width", "tile", "batch_size", "steps")
@@ -51,11 +53,23 @@ def test_dock_and_cli_take_the_cpu_preset_from_one_table(dock):
         cpu.preview_side,
     )
     assert dock.lr_spin.text() == AUTO_LR
+    assert dock.starter_radio.isChecked()  # a CPU starts from the bundled crackle starter
     config = dock.build_config()
-    assert config.lr is None
-    # the command line given no sizes on a CPU resolves to the same numbers
-    cli = TrainConfig(segment=config.segment, labels=config.labels, out="x", device="cpu")
-    resolved, _ = resolve_init_settings(cli, 7.91)
+    assert config.lr is None and config.init == str(starter_path())
+    # the command line given no sizes on a CPU resolves to the same numbers: --init starter
+    cli = TrainConfig(
+        segment=config.segment, labels=config.labels, out="x", device="cpu", init="starter"
+    )
+    resolved, notes = resolve_init_settings(cli, 7.91)
+    assert resolved.init == config.init and any("crackle starter" in n for n in notes)
+    assert tuple(getattr(resolved, k) for k in SIZES) == tuple(getattr(config, k) for k in SIZES)
+    lr = resolve_init_settings(config, 7.91)[0].lr
+    assert resolved.lr == lr == STARTER_PRESET.lr
+    assert not resolved.freeze_batchnorm  # the starter's BatchNorm adapts to the segment
+    dock.new_radio.setChecked(True)  # a new model: the from-scratch CPU preset, same sizes
+    config = dock.build_config()
+    new_cli = TrainConfig(segment=config.segment, labels=config.labels, out="x", device="cpu")
+    resolved, _ = resolve_init_settings(new_cli, 7.91)
     assert tuple(getattr(resolved, k) for k in SIZES) == tuple(getattr(config, k) for k in SIZES)
     assert resolved.lr == resolve_init_settings(config, 7.91)[0].lr == 1e-3
     dock.lr_spin.setValue(2e-4)  # a typed value is sent as it is
@@ -100,4 +114,36 @@ def test_the_crackle_starter_choice_trains_from_the_verified_bundled_file(dock):
     cpu = PRESETS["cpu"]
     assert (config.arch, config.width, config.tile) == (cpu.arch, cpu.width, cpu.tile)
     resolved, _ = resolve_init_settings(config, 7.91)
-    assert resolved.lr == 3e-5  # finetuning a trained ink model, as the core presets say
+    assert resolved.lr == STARTER_PRESET.lr != 3e-5  # its own preset, not a trained model's
+    assert dock.layers_spin.value() == 22 and not dock.layers_spin.isEnabled()  # its window
+
+
+def test_a_volume_too_shallow_for_the_starter_falls_back_to_new_and_back(dock, tmp_path):
+    viewer = dock.viewer
+    deep = dock.volume_combo.currentText()
+    assert dock.starter_radio.isChecked() and dock.starter_radio.isEnabled()
+    shallow = write_segment(make_segment(shape=(16, 96, 96)), tmp_path, "shallow")
+    viewer.open(shallow, plugin="napari-inkdetect")
+    dock.volume_combo.setCurrentText(next(n for n in _items(dock.volume_combo) if "shallow" in n))
+    assert dock.new_radio.isChecked() and not dock.starter_radio.isEnabled()
+    assert "at least 22 layers" in dock.starter_radio.toolTip()
+    assert dock.layers_spin.isEnabled()
+    dock.volume_combo.setCurrentText(deep)  # a deep volume again: the starter comes back
+    assert dock.starter_radio.isChecked() and not dock.layers_spin.isEnabled()
+    dock.new_radio.click()  # the user's own choice is kept whatever the volume
+    dock.volume_combo.setCurrentText(next(n for n in _items(dock.volume_combo) if "shallow" in n))
+    dock.volume_combo.setCurrentText(deep)
+    assert dock.new_radio.isChecked()
+
+
+def test_the_cpu_preset_picks_the_starter_but_keeps_a_chosen_checkpoint(dock):
+    dock.checkpoint_radio.setChecked(True)
+    dock._apply_device_preset("cpu")  # what choosing "cpu" in the device combo runs
+    assert dock.checkpoint_radio.isChecked()  # a chosen file is not replaced by a preset
+    dock.new_radio.setChecked(True)
+    dock._apply_device_preset("cpu")  # the device's preset: its model source too
+    assert dock.starter_radio.isChecked()
+
+
+def _items(box) -> list[str]:
+    return [box.itemText(i) for i in range(box.count())]

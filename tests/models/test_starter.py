@@ -75,3 +75,28 @@ def test_a_non_editable_install_ships_the_starter():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = data["tool"]["setuptools"]["package-data"]["napari_inkdetect.models"]
     assert any(Path(starter_path().name).match(p) for p in patterns)
+
+
+def test_init_starter_resolves_to_the_verified_file_with_its_own_preset(tmp_path):
+    from napari_inkdetect.synthetic import make_segment, write_segment
+    from napari_inkdetect.training import TrainConfig
+    from napari_inkdetect.training.init_settings import resolve_init_settings
+    from napari_inkdetect.training.starting_point import STARTER_INIT, STARTER_PRESET
+
+    folder = write_segment(make_segment(shape=(24, 128, 160)), tmp_path, "s")
+    config = TrainConfig(segment=str(folder), labels="l.png", out="o", init=STARTER_INIT)
+    resolved, notes = resolve_init_settings(config, 7.91, "cpu", n_layers=24)
+    assert resolved.init == str(starter_path())
+    cpu = PRESETS["cpu"]
+    window = (resolved.arch, resolved.width, resolved.tile, resolved.layers)
+    assert window == (cpu.arch, cpu.width, cpu.tile, 22)  # the starter's, not the device's
+    assert (resolved.lr, resolved.freeze_batchnorm) == (STARTER_PRESET.lr, False) == (1e-3, False)
+    assert any("crackle starter" in n for n in notes)
+    assert any("finetuning the crackle starter" in n for n in notes)  # why lr 1e-3
+    # the same file given by its path gets the same preset (the dock passes the path)
+    by_path = TrainConfig(segment=str(folder), labels="l.png", out="o", init=str(starter_path()))
+    assert resolve_init_settings(by_path, 7.91, "cpu", n_layers=24)[0].lr == STARTER_PRESET.lr
+    # a copy elsewhere is any trained ink model: the gentle preset
+    copy = shutil.copy(starter_path(), tmp_path / "copy.safetensors")
+    other = TrainConfig(segment=str(folder), labels="l.png", out="o", init=str(copy))
+    assert resolve_init_settings(other, 7.91, "cpu", n_layers=24)[0].lr == 3e-5

@@ -95,6 +95,11 @@ if TYPE_CHECKING:
     import napari
 
 NO_VALIDATION = "(automatic split)"
+STARTER_LAYERS = 22  # the crackle starter's window (benchmarks/pretrain_starter.py)
+STARTER_TIP = (
+    "start from the 1/8-width resnet10 shipped with the plugin, pretrained on varied synthetic "
+    "crackle (128 px tiles, 22 layers; nothing is downloaded): the default on a CPU"
+)
 TRAIN_PARTS = ("all", "decoder", "decoder+last")
 AUTO_LR = AUTO  # the learning rate spin box at its lowest value
 
@@ -150,6 +155,8 @@ class FinetuneForm(QWidget):
         layers.inserted.connect(self._refresh_layers)
         layers.removed.connect(self._refresh_layers)
         self.volume_combo.currentIndexChanged.connect(self.window_centre.refit)
+        self.volume_combo.currentIndexChanged.connect(self._fit_starter)
+        self._fit_starter()
         self.new_radio.toggled.connect(self._on_model_source_changed)
         self.starter_radio.toggled.connect(self._on_model_source_changed)
         self.browse_checkpoint.clicked.connect(self._choose_checkpoint)
@@ -241,11 +248,9 @@ class FinetuneForm(QWidget):
             "start from a file: a Kinetics-pretrained encoder, a Kaggle ink model or a run's"
         )
         self.starter_radio = QRadioButton("Crackle starter (bundled)")
-        self.starter_radio.setToolTip(
-            "start from the 1/8-width resnet10 shipped with the plugin, pretrained on varied "
-            "synthetic crackle (128 px tiles, 22 layers; nothing is downloaded)"
-        )
-        self.new_radio.setChecked(True)
+        self.starter_radio.setToolTip(STARTER_TIP)
+        self.new_radio.setChecked(True)  # the device preset picks the starter on a CPU
+        self._check_starter()
         self._model_group = QButtonGroup(self)
         self._model_group.addButton(self.new_radio)
         self._model_group.addButton(self.checkpoint_radio)
@@ -363,6 +368,12 @@ class FinetuneForm(QWidget):
         )
         self.preview_spin.setValue(preset.preview_every)
         self.preview_side_spin.setValue(preset.preview_side)
+        if not self.checkpoint_radio.isChecked():  # a chosen file stays chosen
+            self._starter_fell_back = False
+            use_starter = preset.name == "cpu" and self._starter_intact
+            (self.starter_radio if use_starter else self.new_radio).setChecked(True)
+            self._fit_starter()
+            self._on_model_source_changed()
 
     def _progress_rows(self) -> QVBoxLayout:
         self.progress = progress_bar("%v / %m steps")
@@ -423,11 +434,64 @@ class FinetuneForm(QWidget):
         return self.window_centre.start()
 
     def _on_model_source_changed(self, *_: Any) -> None:
+        """Enable what the chosen source uses; the starter shows its own model and window
+        (1/8-width resnet10, 22 layers, tile 128): what the run will train."""
         new, from_file = self.new_radio.isChecked(), self.checkpoint_radio.isChecked()
         self.arch_combo.setEnabled(new)
         self.width_spin.setEnabled(new)
         self.checkpoint_edit.setEnabled(from_file)
         self.browse_checkpoint.setEnabled(from_file)
+        if not hasattr(self, "tile_spin"):  # called while the form is being built
+            return
+        starter = self.starter_radio.isChecked()
+        self.layers_spin.setEnabled(not starter)
+        if starter:
+            cpu = PRESETS["cpu"]
+            self.arch_combo.setCurrentText(cpu.arch)
+            self.fields.set_values(
+                {"width": cpu.width, "tile": cpu.tile, "layers": STARTER_LAYERS}
+            )
+
+    def _check_starter(self) -> None:
+        """Offer the bundled starter only when its file is intact (a damaged install says so
+        in the tooltip and starts New models instead)."""
+        self._starter_fell_back = False  # New chosen only because the volume is too shallow
+        try:
+            starter_path()
+        except InkDetectError as exc:
+            self._starter_intact = False
+            self.starter_radio.setEnabled(False)
+            self.starter_radio.setToolTip(f"unavailable: {exc}")
+        else:
+            self._starter_intact = True
+        self.new_radio.clicked.connect(self._user_chose_source)
+        self.checkpoint_radio.clicked.connect(self._user_chose_source)
+        self.starter_radio.clicked.connect(self._user_chose_source)
+
+    def _user_chose_source(self, *_: Any) -> None:
+        self._starter_fell_back = False  # the user's choice stays, whatever the volume
+
+    def _fit_starter(self, *_: Any) -> None:
+        """The starter's window is 22 layers: on a shallower volume it is off and New is
+        chosen instead; a deep enough volume brings it back (unless the user chose since)."""
+        if not self._starter_intact:
+            return
+        volume = chosen_layer(self.viewer, self.volume_combo)
+        depth = self._depth()
+        fits = volume is None or depth >= STARTER_LAYERS
+        self.starter_radio.setEnabled(fits)
+        self.starter_radio.setToolTip(
+            STARTER_TIP
+            if fits
+            else f"needs a volume of at least {STARTER_LAYERS} layers (this one has {depth}): "
+            "the starter was trained on 22-layer windows"
+        )
+        if not fits and self.starter_radio.isChecked():
+            self.new_radio.setChecked(True)
+            self._starter_fell_back = True
+        elif fits and self._starter_fell_back and self.new_radio.isChecked():
+            self.starter_radio.setChecked(True)
+            self._starter_fell_back = False
 
     def _choose_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Start from checkpoint", "", CHECKPOINT_FILTER)
@@ -458,9 +522,8 @@ class FinetuneForm(QWidget):
         val = chosen_layer(self.viewer, self.val_combo)
         new_model, starter = self.new_radio.isChecked(), self.starter_radio.isChecked()
         init = None if new_model else (self.checkpoint_edit.text().strip() or None)
-        if starter:  # the CPU preset's model and tile (checksum verified before use)
-            init, cpu = str(starter_path()), PRESETS["cpu"]
-            values = {**values, "width": cpu.width, "tile": cpu.tile}
+        if starter:  # the starter's model (checksum verified before use)
+            init, values = str(starter_path()), {**values, "width": PRESETS["cpu"].width}
         return TrainConfig(
             segment=str(segment),
             labels=str(_save_labels(labels, run_dir / "train_labels.png")),

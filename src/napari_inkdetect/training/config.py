@@ -164,7 +164,8 @@ class TrainConfig(ConfigData):
     init: str | None = option(
         None,
         exclusive="model",
-        help="initial checkpoint (any kind load_checkpoint reads; default: a new model)",
+        help="initial checkpoint (any kind load_checkpoint reads), or 'starter' for the "
+        "bundled crackle starter (default: a new model)",
     )
     arch: str | None = option(  # None: the init checkpoint's, else the device preset's
         None,

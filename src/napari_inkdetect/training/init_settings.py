@@ -50,12 +50,15 @@ from napari_inkdetect.training.starting_point import (
     KAGGLE_TILE,
     KAGGLE_VOXEL_UM,
     MIN_BATCHNORM_TILES,
+    STARTER_INIT,
     InitFacts,
     OptimisationPreset,
     _checkpoint_scale,
     batchnorm_layers,
     batchnorm_should_freeze,
     default_optimisation,
+    init_file,
+    is_starter,
     read_init_facts,
 )
 from napari_inkdetect.windows import Normalisation, WindowSpec, window_centre
@@ -116,6 +119,9 @@ def resolve_init_settings(
     notes: list[str] = []
     explicit = {name for name in RESOLVED_FIELDS if getattr(config, name) is not None}
     config, centre_later = _from_resumed_run(config, notes)
+    if config.init == STARTER_INIT:  # the keyword becomes the verified bundled file
+        config = replace(config, init=str(init_file(STARTER_INIT)))
+        notes.append(f"init: the bundled crackle starter ({Path(config.init).name})")
     facts = read_init_facts(config.init) if config.init else None
     kind = facts.kind if facts is not None else None
     window = _checkpoint_window(facts, segment_voxel_um)
@@ -140,7 +146,8 @@ def resolve_init_settings(
             filled[name] = getattr(sizes, name) if value is None else value
     preset = None
     if any(getattr(config, name) is None for name in PRESET_FIELDS):
-        preset = default_optimisation(kind, device_type or "cpu")
+        starter = facts is not None and is_starter(facts.path)
+        preset = default_optimisation(kind, device_type or "cpu", starter=starter)
         if config.lr is None:
             filled["lr"] = preset.lr
         if config.freeze_batchnorm is None:

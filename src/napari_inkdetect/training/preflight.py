@@ -95,7 +95,7 @@ def check_window(config: TrainConfig, depth: int, voxel_size_um: float | None) -
         facts = read_init_facts(config.init)  # ours: the header only
         if facts.layers is not None and not facts.assumed and facts.layers != config.layers:
             raise CheckpointError(
-                f"{Path(config.init).name} was trained on {facts.layers}-layer windows but "
+                f"{facts.path.name} was trained on {facts.layers}-layer windows but "
                 f"{config.layers} layers are asked for: set Layers (--layers) to "
                 f"{facts.layers}, or leave --layers out to take the checkpoint's window"
             )
