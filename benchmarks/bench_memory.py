@@ -1,7 +1,7 @@
 """Memory benchmark: predicting a whole scroll-sized segment keeps peak RSS flat (issue 14).
 
 Run: ``python benchmarks/bench_memory.py [--sizes 2048,8192,20000] [--layers 65] [--quick]
-[--train]``.
+[--train | --viewer]``.
 
 A logical ``layers`` x 20000 x 20000 uint16 segment is written as sparse TIFF layers (headers
 and holes: it costs almost no disk, reads as zeros with a few real rows). Square regions of
@@ -11,12 +11,15 @@ measures), at the CLI's default chunk and batch. Printed: peak RSS per region an
 the largest to the smallest. Target: ratio <= 1.25 (only chunk-local accumulators and bounded
 prefetch queues, never the region). ``--real-model`` runs the tiny resnet10 x0.125 instead.
 ``--train``: the peak RSS of a few training steps on segments of each size (sparse labels).
+``--viewer`` (under ``xvfb-run -a`` without a display): the peak RSS of napari browsing a
+segment of each size, zoomed out and at 1:1, as :func:`viewer_child` says.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -128,6 +131,55 @@ def train_on_size(folder: Path, layers: int, side: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def viewer_child(segment: str) -> None:
+    """Browse ``segment`` in a real napari viewer as a user does, then print the peak RSS:
+    the whole segment zoomed out at three depths, then 1:1 at three places and two depths,
+    each view drawn (a screenshot forces the canvas to render what it shows)."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    started = time.perf_counter()
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1366, 768)
+    viewer.open(segment, plugin="napari-inkdetect")
+    volume = viewer.layers[0]
+    nz, ny, nx = volume.data[0].shape if volume.multiscale else volume.data.shape
+    app = QApplication.instance()
+
+    def settle() -> None:
+        for _ in range(5):
+            app.processEvents()
+            time.sleep(0.02)
+        viewer.screenshot(canvas_only=True)
+
+    views = 0
+    viewer.reset_view()  # the whole segment
+    for z in (0, nz // 2, nz - 1):
+        viewer.dims.set_current_step(0, z)
+        settle()
+        views += 1
+    for fy, fx in ((0.25, 0.25), (0.5, 0.5), (0.9, 0.1)):
+        viewer.camera.center = (fy * ny, fx * nx)
+        viewer.camera.zoom = 1.0  # one screen pixel per volume pixel
+        for z in (nz // 2, nz // 2 + 1):
+            viewer.dims.set_current_step(0, z)
+            settle()
+            views += 1
+    viewer.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak_mb, "seconds": time.perf_counter() - started,
+                      "views": views, "multiscale": bool(volume.multiscale)}))  # fmt: skip
+
+
+def browse_size(folder: Path, layers: int, side: int) -> dict:
+    """Peak RSS of a fresh interpreter browsing a ``side``^2 sparse segment in napari."""
+    segment = make_sparse_segment(folder / f"view{side}", layers, side)
+    env = {**os.environ, "NAPARI_INKDETECT_CACHE": str(folder / f"cache{side}")}
+    cmd = [sys.executable, __file__, "--viewer-child", str(segment)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="2048,8192,20000", help="region sides, px")
@@ -135,15 +187,34 @@ def main() -> None:
     parser.add_argument("--real-model", action="store_true", help="resnet10 x0.125, not null")
     parser.add_argument("--quick", action="store_true", help="sizes 1024,4096 on 26 layers")
     parser.add_argument("--train", action="store_true", help="training's peak RSS instead")
+    parser.add_argument(
+        "--viewer", action="store_true", help="napari browsing it instead (needs a display)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--train-child", help=argparse.SUPPRESS)
+    parser.add_argument("--viewer-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child, not args.real_model)
     if args.train_child:
         return train_child(args.train_child)
+    if args.viewer_child:
+        return viewer_child(args.viewer_child)
     sizes = [1024, 4096] if args.quick else [int(s) for s in args.sizes.split(",")]
     layers = 26 if args.quick else args.layers
+    if args.viewer:
+        with tempfile.TemporaryDirectory(prefix="bench-memory-viewer-") as tmp:
+            browsed = {size: browse_size(Path(tmp), layers, size) for size in sizes}
+        print(f"napari browsing {layers}-layer sparse segments (1366 x 768 window): zoomed out "
+              "at 3 depths, 1:1 at 3 places x 2 depths; fresh interpreter each")  # fmt: skip
+        for size, r in browsed.items():
+            kind = "multiscale" if r["multiscale"] else "one level"
+            print(f"segment {size:>6}^2  peak RSS {r['peak_mb']:8.1f} MB  {r['views']} views  "
+                  f"{r['seconds']:7.1f} s  ({kind})")  # fmt: skip
+        ratio = browsed[sizes[-1]]["peak_mb"] / browsed[sizes[0]]["peak_mb"]
+        ok = "ok" if ratio <= TARGET else "MISSED"
+        print(f"RSS ratio {sizes[-1]}^2 / {sizes[0]}^2: {ratio:.3f}  (target <= {TARGET}) {ok}")
+        return None
     if args.train:
         with tempfile.TemporaryDirectory(prefix="bench-memory-train-") as tmp:
             trained = {size: train_on_size(Path(tmp), layers, size) for size in sizes}
