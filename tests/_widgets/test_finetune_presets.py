@@ -118,6 +118,25 @@ def test_the_crackle_starter_choice_trains_from_the_verified_bundled_file(dock):
     assert dock.layers_spin.value() == 22 and not dock.layers_spin.isEnabled()  # its window
 
 
+def test_a_default_cpu_run_finetunes_the_starter_at_its_preset(dock, qtbot):
+    dock.device_combo.setCurrentText("cpu")
+    assert dock.starter_radio.isChecked()
+    dock.steps_spin.setValue(2)
+    dock.batch_spin.setValue(2)
+    dock.val_every_spin.setValue(2)
+    dock.preview_spin.setValue(0)
+    worker = dock.start()
+    started = []
+    worker.yielded.connect(lambda e: isinstance(e, TrainStarted) and started.append(e))
+    with qtbot.waitSignal(worker.finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    assert dock.finished_event is not None and dock.finished_event.steps == 2
+    config = started[0].config
+    assert config.init == str(starter_path()) and config.lr == STARTER_PRESET.lr
+    assert (config.layers, config.tile, config.width) == (22, 128, 0.125)
+    assert any("finetuning the crackle starter" in n for n in started[0].notes)
+
+
 def test_a_volume_too_shallow_for_the_starter_falls_back_to_new_and_back(dock, tmp_path):
     viewer = dock.viewer
     deep = dock.volume_combo.currentText()
