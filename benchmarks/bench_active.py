@@ -15,9 +15,9 @@ the segment again. Strategies:
 * ``inky``: the boxes of highest mean predicted ink (max over the start layers), greedily;
 * ``none``: the control, no new boxes, the same steps (what more training alone adds).
 
-The three that label choose from the same positions: on the ``box / 4`` grid that label_here_next uses,
-every pixel of the box inside the *candidate mask*, none already labelled, none overlapping a
-box chosen in the same round.
+The three that label choose from the same positions: on the ``box / 4`` grid that
+label_here_next uses, every pixel of the box inside the *candidate mask*, none already
+labelled, none overlapping a box chosen in the same round.
 
 **Held out**: the last line of letters. Their boxes (grown by a quarter letter height, like
 the user's boxes) with every papyrus pixel in them counted (ink and not-ink from the truth)

@@ -205,26 +205,20 @@ def main() -> None:
     if args.viewer:
         with tempfile.TemporaryDirectory(prefix="bench-memory-viewer-") as tmp:
             browsed = {size: browse_size(Path(tmp), layers, size) for size in sizes}
-        print(f"napari browsing {layers}-layer sparse segments (1366 x 768 window): zoomed out "
-              "at 3 depths, 1:1 at 3 places x 2 depths; fresh interpreter each")  # fmt: skip
-        for size, r in browsed.items():
-            kind = "multiscale" if r["multiscale"] else "one level"
-            print(f"segment {size:>6}^2  peak RSS {r['peak_mb']:8.1f} MB  {r['views']} views  "
-                  f"{r['seconds']:7.1f} s  ({kind})")  # fmt: skip
-        ratio = browsed[sizes[-1]]["peak_mb"] / browsed[sizes[0]]["peak_mb"]
-        ok = "ok" if ratio <= TARGET else "MISSED"
-        print(f"RSS ratio {sizes[-1]}^2 / {sizes[0]}^2: {ratio:.3f}  (target <= {TARGET}) {ok}")
-        return None
+        title = (
+            f"napari browsing {layers}-layer sparse segments (1366 x 768 window): zoomed out "
+            "at 3 depths, 1:1 at 3 places x 2 depths; a fresh interpreter each"
+        )
+        return report(title, "segment", browsed, lambda r: f"{r['views']} views  "
+                      f"({'multiscale' if r['multiscale'] else 'one level'})")  # fmt: skip
     if args.train:
         with tempfile.TemporaryDirectory(prefix="bench-memory-train-") as tmp:
             trained = {size: train_on_size(Path(tmp), layers, size) for size in sizes}
-        print(f"training, {layers}-layer sparse segments, sparse labels, resnet10 x0.125, "
-              "tile 64, batch 2, 4 steps, CPU")  # fmt: skip
-        for size, r in trained.items():
-            print(f"segment {size:>6}^2  peak RSS {r['peak_mb']:8.1f} MB  {r['seconds']:7.1f} s")
-        ratio = trained[sizes[-1]]["peak_mb"] / trained[sizes[0]]["peak_mb"]
-        print(f"RSS ratio {sizes[-1]}^2 / {sizes[0]}^2: {ratio:.3f}  (target <= {TARGET})")
-        return None
+        title = (
+            f"training, {layers}-layer sparse segments, sparse labels, resnet10 x0.125, "
+            "tile 64, batch 2, 4 steps, CPU"
+        )
+        return report(title, "segment", trained, lambda r: "")
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         folder = Path(tmp)
         segment = make_sparse_segment(folder, layers, max(sizes))
@@ -234,13 +228,21 @@ def main() -> None:
         print(f"{layers} x {max(sizes)} x {max(sizes)} sparse segment, {model}, CPU, "
               "default chunk and batch")  # fmt: skip
         results = {size: run_region(segment, ckpt, size, not args.real_model) for size in sizes}
+    return report(None, "region", results, lambda r: f"{r['windows']:>7} windows")
+
+
+def report(title: str | None, what: str, results: dict[int, dict], more) -> None:
+    """Print ``title``, a row per size (peak RSS, ``more(row)``, seconds) and the ratio of the
+    largest size's peak RSS to the smallest's against :data:`TARGET`."""
+    if title:
+        print(title)
     for size, r in results.items():
-        print(f"region {size:>6}^2  peak RSS {r['peak_mb']:8.1f} MB  {r['windows']:>7} windows  "
+        print(f"{what} {size:>6}^2  peak RSS {r['peak_mb']:8.1f} MB  {more(r)}  "
               f"{r['seconds']:7.1f} s")  # fmt: skip
+    sizes = list(results)
     ratio = results[sizes[-1]]["peak_mb"] / results[sizes[0]]["peak_mb"]
     ok = "ok" if ratio <= TARGET else "MISSED"
     print(f"RSS ratio {sizes[-1]}^2 / {sizes[0]}^2: {ratio:.3f}  (target <= {TARGET}) {ok}")
-    return None
 
 
 if __name__ == "__main__":
