@@ -84,18 +84,17 @@ from napari_inkdetect.devices import available_devices
 from napari_inkdetect.errors import InkDetectError
 from napari_inkdetect.io.labels import write_labels
 from napari_inkdetect.models import list_models
-from napari_inkdetect.models.starter import starter_path
+from napari_inkdetect.models.starter import starter_model, starter_path
 from napari_inkdetect.runs import DEFAULT_RUNS, new_run_dir
 from napari_inkdetect.training import TrainConfig
 from napari_inkdetect.training.config import WINDOW_DEFAULTS
 from napari_inkdetect.training.preflight import check_labels
-from napari_inkdetect.training.presets import PRESETS, pick_preset
+from napari_inkdetect.training.presets import pick_preset
 
 if TYPE_CHECKING:
     import napari
 
 NO_VALIDATION = "(automatic split)"
-STARTER_LAYERS = 22  # the crackle starter's window (benchmarks/pretrain_starter.py)
 STARTER_TIP = (
     "start from the 1/8-width resnet10 shipped with the plugin, pretrained on varied synthetic "
     "crackle (128 px tiles, 22 layers; nothing is downloaded): the default on a CPU"
@@ -446,10 +445,10 @@ class FinetuneForm(QWidget):
         starter = self.starter_radio.isChecked()
         self.layers_spin.setEnabled(not starter)
         if starter:
-            cpu = PRESETS["cpu"]
-            self.arch_combo.setCurrentText(cpu.arch)
+            model = starter_model()
+            self.arch_combo.setCurrentText(model.arch)
             self.fields.set_values(
-                {"width": cpu.width, "tile": cpu.tile, "layers": STARTER_LAYERS}
+                {"width": model.width, "tile": model.tile, "layers": model.layers}
             )
 
     def _check_starter(self) -> None:
@@ -478,13 +477,14 @@ class FinetuneForm(QWidget):
             return
         volume = chosen_layer(self.viewer, self.volume_combo)
         depth = self._depth()
-        fits = volume is None or depth >= STARTER_LAYERS
+        layers = starter_model().layers
+        fits = volume is None or depth >= layers
         self.starter_radio.setEnabled(fits)
         self.starter_radio.setToolTip(
             STARTER_TIP
             if fits
-            else f"needs a volume of at least {STARTER_LAYERS} layers (this one has {depth}): "
-            "the starter was trained on 22-layer windows"
+            else f"needs a volume of at least {layers} layers (this one has {depth}): "
+            f"the starter was trained on {layers}-layer windows"
         )
         if not fits and self.starter_radio.isChecked():
             self.new_radio.setChecked(True)
@@ -523,7 +523,7 @@ class FinetuneForm(QWidget):
         new_model, starter = self.new_radio.isChecked(), self.starter_radio.isChecked()
         init = None if new_model else (self.checkpoint_edit.text().strip() or None)
         if starter:  # the starter's model (checksum verified before use)
-            init, values = str(starter_path()), {**values, "width": PRESETS["cpu"].width}
+            init, values = str(starter_path()), {**values, "width": starter_model().width}
         return TrainConfig(
             segment=str(segment),
             labels=str(_save_labels(labels, run_dir / "train_labels.png")),
@@ -532,7 +532,7 @@ class FinetuneForm(QWidget):
             if val is not None
             else None,
             init=init,
-            arch=PRESETS["cpu"].arch if starter else self.arch_combo.currentText(),
+            arch=starter_model().arch if starter else self.arch_combo.currentText(),
             start_layer=self.window_start(),
             train=self.train_combo.currentText(),
             device=self.device_combo.currentText(),

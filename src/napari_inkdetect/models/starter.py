@@ -18,13 +18,23 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from napari_inkdetect.errors import CheckpointError
+from napari_inkdetect.models.checkpoints import read_checkpoint_metadata
 from napari_inkdetect.models.detector import InkDetector
 
-__all__ = ["STARTER_FILE", "STARTER_SHA256", "load_starter", "starter_path", "verify_starter"]
+__all__ = [
+    "STARTER_FILE",
+    "STARTER_SHA256",
+    "StarterModel",
+    "load_starter",
+    "starter_model",
+    "starter_path",
+    "verify_starter",
+]
 
 STARTER_FILE = "crackle_starter.safetensors"
 #: sha256 of the shipped file, as ``benchmarks/pretrain_starter.py`` printed it.
@@ -76,3 +86,22 @@ def starter_path() -> Path:
 def load_starter(device: str | torch.device = "cpu") -> InkDetector:
     """The bundled starter as a ready-to-predict model (checksum verified first)."""
     return InkDetector.from_checkpoint(starter_path(), device=device)
+
+
+class StarterModel(NamedTuple):
+    """The starter's model and window, as its header records them."""
+
+    arch: str
+    width: float
+    layers: int
+    tile: int
+
+
+@lru_cache(maxsize=1)
+def starter_model() -> StarterModel:
+    """What the bundled starter is (read from its verified header, no weights): the dock
+    shows it and needs a volume of at least ``layers``."""
+    meta = read_checkpoint_metadata(starter_path())
+    return StarterModel(
+        str(meta["arch"]), float(meta["width"]), int(meta["in_layers"]), int(meta["tile_size"])
+    )
